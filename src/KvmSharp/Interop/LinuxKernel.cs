@@ -1,0 +1,29 @@
+using System.Runtime.InteropServices;
+
+namespace KvmSharp.Interop;
+
+/// <summary>The real kernel: each call is one libc call. Stateless and thread-safe.</summary>
+internal sealed class LinuxKernel : IKernel
+{
+    public static readonly LinuxKernel Instance = new();
+
+    private LinuxKernel() { }
+
+    private static int Result(int r) => r >= 0 ? r : -Marshal.GetLastPInvokeError();
+
+    public int Open(string path, int flags) => Result(Libc.open(path, flags | Libc.O_CLOEXEC));
+
+    public int Close(int fd) => Result(Libc.close(fd));
+
+    public int Ioctl(int fd, KvmIoctl request, nint arg) => Result(Libc.ioctl(fd, request.Number, arg));
+
+    public nint Mmap(nuint length, int prot, int flags, int fd, long offset)
+    {
+        nint p = Libc.mmap(0, length, prot, flags, fd, offset);
+        return p == -1 ? -Marshal.GetLastPInvokeError() : p;
+    }
+
+    public int Munmap(nint addr, nuint length) => Result(Libc.munmap(addr, length));
+
+    public int Madvise(nint addr, nuint length, int advice) => Result(Libc.madvise(addr, length, advice));
+}

@@ -1,0 +1,115 @@
+using System.Runtime.InteropServices;
+
+// Native structs keep their uapi names; they are internal and mirror <linux/kvm.h> exactly.
+#pragma warning disable IDE1006, CS1591
+namespace KvmSharp.Interop;
+
+[Uapi("kvm_userspace_memory_region"), StructLayout(LayoutKind.Explicit, Size = 32)]
+internal struct kvm_userspace_memory_region
+{
+    [FieldOffset(0)] public uint slot;
+    [FieldOffset(4)] public uint flags;
+    [FieldOffset(8)] public ulong guest_phys_addr;
+    [FieldOffset(16)] public ulong memory_size;
+    [FieldOffset(24)] public ulong userspace_addr;
+}
+
+[Uapi("kvm_one_reg"), StructLayout(LayoutKind.Explicit, Size = 16)]
+internal struct kvm_one_reg
+{
+    [FieldOffset(0)] public ulong id;
+    [FieldOffset(8)] public ulong addr;
+}
+
+/// <summary>Header of <c>struct kvm_reg_list</c>; <c>n</c> u64 ids follow it.</summary>
+[Uapi("kvm_reg_list"), StructLayout(LayoutKind.Explicit, Size = 8)]
+internal struct kvm_reg_list
+{
+    [FieldOffset(0)] public ulong n;
+}
+
+[Uapi("kvm_mp_state"), StructLayout(LayoutKind.Explicit, Size = 4)]
+internal struct kvm_mp_state
+{
+    [FieldOffset(0)] public uint mp_state;
+}
+
+[Uapi("kvm_enable_cap"), StructLayout(LayoutKind.Explicit, Size = 104)]
+internal unsafe struct kvm_enable_cap
+{
+    [FieldOffset(0)] public uint cap;
+    [FieldOffset(4)] public uint flags;
+    [FieldOffset(8)] public fixed ulong args[4];
+    [FieldOffset(40)] public fixed byte pad[64];
+}
+
+[Uapi("kvm_dirty_log"), StructLayout(LayoutKind.Explicit, Size = 16)]
+internal struct kvm_dirty_log
+{
+    [FieldOffset(0)] public uint slot;
+    [FieldOffset(4)] public uint padding1;
+    [FieldOffset(8)] public ulong dirty_bitmap;
+}
+
+[Uapi("kvm_clear_dirty_log"), StructLayout(LayoutKind.Explicit, Size = 24)]
+internal struct kvm_clear_dirty_log
+{
+    [FieldOffset(0)] public uint slot;
+    [FieldOffset(4)] public uint num_pages;
+    [FieldOffset(8)] public ulong first_page;
+    [FieldOffset(16)] public ulong dirty_bitmap;
+}
+
+/// <summary>One entry of the dirty ring (<c>KVM_CAP_DIRTY_LOG_RING</c>).</summary>
+[Uapi("kvm_dirty_gfn"), StructLayout(LayoutKind.Explicit, Size = 16)]
+internal struct kvm_dirty_gfn
+{
+    [FieldOffset(0)] public uint flags;
+    [FieldOffset(4)] public uint slot;
+    [FieldOffset(8)] public ulong offset;
+}
+
+/// <summary>Header of <c>struct kvm_signal_mask</c>; <c>len</c> bytes of sigset follow.</summary>
+[Uapi("kvm_signal_mask"), StructLayout(LayoutKind.Explicit, Size = 4)]
+internal struct kvm_signal_mask
+{
+    [FieldOffset(0)] public uint len;
+}
+
+[Uapi("kvm_irq_level"), StructLayout(LayoutKind.Explicit, Size = 8)]
+internal struct kvm_irq_level
+{
+    [FieldOffset(0)] public uint irq;
+    [FieldOffset(0)] public int status;
+    [FieldOffset(4)] public uint level;
+}
+
+[Uapi("kvm_hyperv_exit"), StructLayout(LayoutKind.Explicit, Size = 56)]
+internal unsafe struct kvm_hyperv_exit
+{
+    [FieldOffset(0)] public uint type;
+    [FieldOffset(4)] public uint pad1;
+    [FieldOffset(8), UapiField("u.synic.msr")] public uint synic_msr;
+    [FieldOffset(16), UapiField("u.synic.control")] public ulong synic_control;
+    [FieldOffset(24), UapiField("u.synic.evt_page")] public ulong synic_evt_page;
+    [FieldOffset(32), UapiField("u.synic.msg_page")] public ulong synic_msg_page;
+    [FieldOffset(8), UapiField("u.hcall.input")] public ulong hcall_input;
+    [FieldOffset(16), UapiField("u.hcall.result")] public ulong hcall_result;
+    [FieldOffset(24), UapiField("u.hcall.params")] public fixed ulong hcall_params[2];
+    [FieldOffset(16), UapiField("u.syndbg.control")] public ulong syndbg_control;
+    [FieldOffset(24), UapiField("u.syndbg.status")] public ulong syndbg_status;
+    [FieldOffset(32), UapiField("u.syndbg.send_page")] public ulong syndbg_send_page;
+    [FieldOffset(40), UapiField("u.syndbg.recv_page")] public ulong syndbg_recv_page;
+    [FieldOffset(48), UapiField("u.syndbg.pending_page")] public ulong syndbg_pending_page;
+}
+
+[Uapi("kvm_xen_exit"), StructLayout(LayoutKind.Explicit, Size = 80)]
+internal unsafe struct kvm_xen_exit
+{
+    [FieldOffset(0)] public uint type;
+    [FieldOffset(8), UapiField("u.hcall.longmode")] public uint hcall_longmode;
+    [FieldOffset(12), UapiField("u.hcall.cpl")] public uint hcall_cpl;
+    [FieldOffset(16), UapiField("u.hcall.input")] public ulong hcall_input;
+    [FieldOffset(24), UapiField("u.hcall.result")] public ulong hcall_result;
+    [FieldOffset(32), UapiField("u.hcall.params")] public fixed ulong hcall_params[6];
+}

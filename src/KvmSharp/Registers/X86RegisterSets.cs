@@ -1,0 +1,21 @@
+namespace KvmSharp.Registers;
+
+/// <summary>The register sets the x86 strategy caches and moves as a unit.</summary>
+[Flags]
+public enum X86RegisterSets
+{
+    /// <summary>No set.</summary>
+    None = 0,
+    /// <summary>GPRs, RIP, RFLAGS (KVM_GET/SET_REGS, or <c>kvm_run</c> sync regs bit KVM_SYNC_X86_REGS). Level Runtime.</summary>
+    Gprs = 1,
+    /// <summary>Segments, descriptor tables, CR0–CR8, EFER, APIC base (KVM_GET/SET_SREGS, or sync regs bit KVM_SYNC_X86_SREGS). Level Runtime.</summary>
+    Sregs = 2,
+    /// <summary>Pending exceptions, interrupts, NMI, SMI (KVM_GET/SET_VCPU_EVENTS, or sync regs bit KVM_SYNC_X86_EVENTS). Level Runtime.</summary>
+    Events = 4,
+    /// <summary>Extended control registers, XCR0 (KVM_GET/SET_XCRS). Level Runtime.</summary>
+    Xcrs = 8,
+    /// <summary>MP state (KVM_GET/SET_MP_STATE). Level Reset.</summary>
+    MpState = 16,
+    /// <summary>Every set.</summary>
+    All = Gprs | Sregs | Events | Xcrs | MpState,
+}

@@ -1,0 +1,188 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace KvmSharp;
+
+/// <summary>
+/// A view of one vCPU exit, straight into the vCPU's <c>kvm_run</c> page: no copy, no allocation.
+/// Valid until the next <see cref="Vcpu.Run"/> or the vCPU's disposal.
+/// </summary>
+/// <remarks>
+/// <see cref="Reason"/> says which typed view applies; asking for another throws
+/// <see cref="InvalidOperationException"/> naming the actual reason. Exit reasons KvmSharp does not
+/// know arrive with their raw number in <see cref="RawReason"/> and their union bytes in <see cref="RawUnion"/>.
+/// </remarks>
+public readonly ref struct VcpuExit
+{
+    private readonly Span<byte> _run;
+    private readonly int _u;
+    private readonly KvmArchitecture _arch;
+
+    internal VcpuExit(Span<byte> run, KvmArchitecture arch)
+    {
+        _run = run;
+        _arch = arch;
+        _u = arch.ExitUnionOffset();
+    }
+
+    /// <summary>The exit reason (<c>kvm_run.exit_reason</c>).</summary>
+    public VcpuExitReason Reason => (VcpuExitReason)RawReason;
+
+    /// <summary>The exit reason as the kernel's number, for reasons newer than this library.</summary>
+    public uint RawReason => MemoryMarshal.Read<uint>(_run.Slice(8));
+
+    /// <summary><c>kvm_run.if_flag</c> (x86): whether the guest had interrupts enabled.</summary>
+    public bool InterruptFlag => _run[13] != 0;
+
+    /// <summary><c>kvm_run.ready_for_interrupt_injection</c> (x86).</summary>
+    public bool ReadyForInterruptInjection => _run[12] != 0;
+
+    /// <summary>The 256 bytes of the exit union, for reasons without a typed view.</summary>
+    public ReadOnlySpan<byte> RawUnion => _run.Slice(_u, 256);
+
+    /// <summary>For <see cref="VcpuExitReason.Unknown"/>: the hardware exit reason (<c>kvm_run.hw</c>).</summary>
+    public ulong HardwareExitReason => Field<ulong>(VcpuExitReason.Unknown, 0);
+
+    /// <summary>The port I/O view.</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Io"/>.</exception>
+    public IoExit Io
+    {
+        get
+        {
+            Expect(VcpuExitReason.Io);
+            return new IoExit(_run, _u);
+        }
+    }
+
+    /// <summary>The MMIO view.</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Mmio"/>.</exception>
+    public MmioExit Mmio
+    {
+        get
+        {
+            Expect(VcpuExitReason.Mmio);
+            return new MmioExit(_run.Slice(_u, 24));
+        }
+    }
+
+    /// <summary>The system-event view (PSCI shutdown/reset, crash, wakeup…).</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.SystemEvent"/>.</exception>
+    public SystemEventExit SystemEvent
+    {
+        get
+        {
+            Expect(VcpuExitReason.SystemEvent);
+            return new SystemEventExit(_run.Slice(_u, 136));
+        }
+    }
+
+    /// <summary>The internal-error view (suberror and data words).</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.InternalError"/>.</exception>
+    public InternalErrorExit InternalError
+    {
+        get
+        {
+            Expect(VcpuExitReason.InternalError);
+            return new InternalErrorExit(_run.Slice(_u, 136));
+        }
+    }
+
+    /// <summary>The failed-entry view.</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.FailEntry"/>.</exception>
+    public FailEntryExit FailEntry
+    {
+        get
+        {
+            Expect(VcpuExitReason.FailEntry);
+            return new FailEntryExit(_run.Slice(_u, 16));
+        }
+    }
+
+    /// <summary>The x86 exception view (<c>kvm_run.ex</c>).</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Exception"/>.</exception>
+    public ExceptionExit Exception
+    {
+        get
+        {
+            Expect(VcpuExitReason.Exception);
+            return new ExceptionExit(_run.Slice(_u, 8));
+        }
+    }
+
+    /// <summary>The debug view (<c>kvm_run.debug.arch</c>, whose layout depends on the architecture).</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Debug"/>.</exception>
+    public DebugExit Debug
+    {
+        get
+        {
+            Expect(VcpuExitReason.Debug);
+            return new DebugExit(_run.Slice(_u, 32), _arch);
+        }
+    }
+
+    /// <summary>The x86 user-space MSR view (<c>kvm_run.msr</c>); set <see cref="X86MsrExit.Data"/> for a read, <see cref="X86MsrExit.Error"/> to inject #GP.</summary>
+    /// <exception cref="InvalidOperationException">The exit is neither <see cref="VcpuExitReason.X86Rdmsr"/> nor <see cref="VcpuExitReason.X86Wrmsr"/>.</exception>
+    public X86MsrExit X86Msr
+    {
+        get
+        {
+            var r = Reason;
+            if (r != VcpuExitReason.X86Rdmsr && r != VcpuExitReason.X86Wrmsr) ThrowWrongKind("X86Rdmsr or X86Wrmsr");
+            return new X86MsrExit(_run.Slice(_u, 24));
+        }
+    }
+
+    /// <summary>The s390x SIE intercept view.</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.S390Sieic"/>.</exception>
+    public S390SieicExit S390Sieic
+    {
+        get
+        {
+            Expect(VcpuExitReason.S390Sieic);
+            return new S390SieicExit(_run.Slice(_u, 8));
+        }
+    }
+
+    /// <summary>The s390x user-controlled VM fault view.</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.S390Ucontrol"/>.</exception>
+    public S390UcontrolExit S390Ucontrol
+    {
+        get
+        {
+            Expect(VcpuExitReason.S390Ucontrol);
+            return new S390UcontrolExit(_run.Slice(_u, 16));
+        }
+    }
+
+    /// <summary>The arm64 "no valid instruction syndrome" data-abort view.</summary>
+    /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.ArmNisv"/>.</exception>
+    public ArmNisvExit ArmNisv
+    {
+        get
+        {
+            Expect(VcpuExitReason.ArmNisv);
+            return new ArmNisvExit(_run.Slice(_u, 16));
+        }
+    }
+
+    private T Field<T>(VcpuExitReason reason, int offset) where T : unmanaged
+    {
+        Expect(reason);
+        return MemoryMarshal.Read<T>(_run.Slice(_u + offset));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Expect(VcpuExitReason reason)
+    {
+        if (Reason != reason) ThrowWrongKind(reason.ToString());
+    }
+
+    private void ThrowWrongKind(string wanted) =>
+        throw new InvalidOperationException($"This exit is {Describe(RawReason)}, not {wanted}.");
+
+    private static string Describe(uint raw) =>
+        Enum.IsDefined((VcpuExitReason)raw) ? ((VcpuExitReason)raw).ToString() : $"unknown exit reason {raw}";
+
+    /// <summary>The reason, e.g. <c>Io</c>, or <c>unknown exit reason 99</c>.</summary>
+    public override string ToString() => Describe(RawReason);
+}
