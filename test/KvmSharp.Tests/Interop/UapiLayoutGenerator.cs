@@ -119,11 +119,11 @@ internal static class UapiLayoutGenerator
         foreach (var constant in type.GetFields(BindingFlags.Public | BindingFlags.Static).Where(f => f.IsLiteral))
         {
             // Constants named like uapi macros must have the macro's value; ExitUnionOffset is the union start.
-            var value = Convert.ToUInt64(constant.GetRawConstantValue(), CultureInfo.InvariantCulture);
+            var value = Convert.ToString(constant.GetRawConstantValue(), CultureInfo.InvariantCulture)!;
             if (constant.Name.StartsWith("KVM_", StringComparison.Ordinal))
-                checks.Add(new(constant, $"({constant.Name})", Num(value)));
+                checks.Add(new(constant, $"({constant.Name})", value));
             else if (constant.Name == "ExitUnionOffset")
-                checks.Add(new(constant, OffsetOf(cType, "padding"), Num(value)));
+                checks.Add(new(constant, OffsetOf(cType, "padding"), value));
         }
     }
 
@@ -164,8 +164,6 @@ internal static class UapiLayoutGenerator
     private static string OffsetOf(string cType, string path) => $"__builtin_offsetof({cType}, {path})";
 
     private static string SizeOf(string cType, string path) => $"sizeof((({cType} *)0)->{path})";
-
-    private static string Num(ulong value) => value.ToString(CultureInfo.InvariantCulture);
 
     private static string Num(int value) => value.ToString(CultureInfo.InvariantCulture);
 }

@@ -35,6 +35,7 @@ public class UapiLayoutTests
         Assert.That(result.ExitCode, Is.Not.Zero, "gcc accepted a wrong offset: the layout harness cannot fail");
         Assert.That(result.StdErr, Does.Contain(wrong.Message));
         Assert.That(result.StdErr.Split("error:").Length - 1, Is.EqualTo(1), () => $"only the perturbed check should fail:\n{result.StdErr}");
+        Directory.Delete(Path.GetDirectoryName(result.SourcePath)!, recursive: true);
     }
 
     internal static UapiToolchain Require(UapiToolchain toolchain)

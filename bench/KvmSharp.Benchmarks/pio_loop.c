@@ -1,0 +1,92 @@
+/*
+ * The raw C baseline of PioExitBenchmarks: the same real-mode PIO guest as the managed variants,
+ * set up and run with plain ioctls. Built at benchmark setup with `gcc -O2 -shared -fPIC`, loaded
+ * with NativeLibrary.Load; pio_run() performs all n exits in one call, so the baseline carries no
+ * managed overhead per exit.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static int kvm_fd = -1, vm_fd = -1, vcpu_fd = -1;
+static struct kvm_run *run = MAP_FAILED;
+static size_t run_size;
+static uint8_t *mem = MAP_FAILED;
+static size_t mem_size;
+static uint16_t expected_port;
+
+void pio_teardown(void)
+{
+    if (run != MAP_FAILED) munmap(run, run_size);
+    if (vcpu_fd >= 0) close(vcpu_fd);
+    if (mem != MAP_FAILED) munmap(mem, mem_size);
+    if (vm_fd >= 0) close(vm_fd);
+    if (kvm_fd >= 0) close(kvm_fd);
+    run = MAP_FAILED;
+    mem = MAP_FAILED;
+    kvm_fd = vm_fd = vcpu_fd = -1;
+}
+
+/* Creates the VM (one slot of `memory_size` bytes at GPA 0 holding `code` at `code_gpa`) and one
+ * vCPU in real mode with CS base 0 and RIP = code_gpa. Returns 0, or -errno (all torn down). */
+int pio_setup(const uint8_t *code, int code_len, uint64_t code_gpa, uint64_t memory_size, int port)
+{
+    struct kvm_userspace_memory_region region;
+    struct kvm_sregs sregs;
+    struct kvm_regs regs;
+    int r;
+
+    pio_teardown();
+    expected_port = (uint16_t)port;
+    mem_size = memory_size;
+
+    if ((kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)) < 0) goto fail;
+    if ((vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0)) < 0) goto fail;
+    mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) goto fail;
+    memcpy(mem + code_gpa, code, (size_t)code_len);
+
+    memset(&region, 0, sizeof region);
+    region.memory_size = mem_size;
+    region.userspace_addr = (uint64_t)(uintptr_t)mem;
+    if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) goto fail;
+
+    if ((vcpu_fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0)) < 0) goto fail;
+    if ((r = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0)) < 0) goto fail;
+    run_size = (size_t)r;
+    run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd, 0);
+    if (run == MAP_FAILED) goto fail;
+
+    if (ioctl(vcpu_fd, KVM_GET_SREGS, &sregs) < 0) goto fail;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    if (ioctl(vcpu_fd, KVM_SET_SREGS, &sregs) < 0) goto fail;
+
+    memset(&regs, 0, sizeof regs);
+    regs.rip = code_gpa;
+    regs.rflags = 2;
+    if (ioctl(vcpu_fd, KVM_SET_REGS, &regs) < 0) goto fail;
+    return 0;
+
+fail:
+    r = -errno;
+    pio_teardown();
+    return r;
+}
+
+/* Runs n KVM_RUNs, checking each is a PIO exit on the expected port. Returns 0; -errno if
+ * KVM_RUN failed; or (1 << 32) | exit_reason << 16 | port for the first unexpected exit. */
+int64_t pio_run(int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (ioctl(vcpu_fd, KVM_RUN, 0) < 0) return -errno;
+        if (run->exit_reason != KVM_EXIT_IO || run->io.port != expected_port)
+            return (INT64_C(1) << 32) | ((int64_t)(run->exit_reason & 0xffff) << 16) | run->io.port;
+    }
+    return 0;
+}

@@ -1,0 +1,96 @@
+using Iced.Intel;
+using KvmSharp.Guests;
+
+namespace KvmSharp.Tests.Guests;
+
+/// <summary>
+/// A VM with 2 MiB of RAM at guest-physical 0 and one vCPU, set up for long mode (CPL0 or CPL3) by
+/// <see cref="X86LongMode"/>, with code assembled by Iced at <see cref="CodeAddress"/>.
+/// </summary>
+public sealed class TestGuest : IDisposable
+{
+    public const ulong CodeAddress = 0x10000;
+    public const ulong DataAddress = 0x20000;
+    public const ulong StackTop = 0x80000;
+    public const ulong RamSize = 0x200000;
+    public const byte FaultPort = 0xF4;
+
+    public VirtualMachine Vm { get; }
+    public MemorySlot Ram { get; }
+    public Vcpu Cpu { get; }
+
+    private TestGuest(Kvm kvm)
+    {
+        Vm = kvm.CreateVirtualMachine();
+        try
+        {
+            Ram = Vm.AddMemorySlot(0, RamSize);
+            Cpu = Vm.CreateVcpu();
+        }
+        catch
+        {
+            Vm.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A long-mode guest running <paramref name="code"/> at <see cref="CodeAddress"/>.</summary>
+    public static TestGuest LongMode(Kvm kvm, Action<Assembler> code, X86LongModeOptions? options = null)
+    {
+        var g = new TestGuest(kvm);
+        try
+        {
+            g.Load(code);
+            X86LongMode.Setup(g.Cpu, g.Ram, CodeAddress, StackTop, options ?? new X86LongModeOptions { FaultPort = FaultPort });
+            return g;
+        }
+        catch
+        {
+            g.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A real-mode guest (CS base 0) running 16-bit <paramref name="code"/> at <see cref="CodeAddress"/> (CS:IP = 0x1000:0).</summary>
+    public static TestGuest RealMode(Kvm kvm, Action<Assembler> code)
+    {
+        var g = new TestGuest(kvm);
+        try
+        {
+            g.Load(code, bitness: 16, ip: 0);
+            ref var s = ref g.Cpu.X86.EditSpecialRegisters();
+            s.Cs.Base = CodeAddress;
+            s.Cs.Selector = (ushort)(CodeAddress >> 4);
+            ref var r = ref g.Cpu.X86.EditGprs();
+            r.Rip = 0;
+            r.Rflags = 2;
+            return g;
+        }
+        catch
+        {
+            g.Dispose();
+            throw;
+        }
+    }
+
+    public void Load(Action<Assembler> code, int bitness = 64, ulong? ip = null)
+    {
+        var a = new Assembler(bitness);
+        code(a);
+        using var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), ip ?? CodeAddress);
+        Ram.Write(CodeAddress, ms.ToArray());
+    }
+
+    /// <summary>Runs until an exit that is not <paramref name="skip"/>, at most <paramref name="maxExits"/> times.</summary>
+    public VcpuExit RunUntilNot(VcpuExitReason skip, int maxExits = 100)
+    {
+        for (int i = 0; ; i++)
+        {
+            var exit = Cpu.Run();
+            if (exit.Reason != skip || i >= maxExits) return exit;
+        }
+    }
+
+    public void Dispose() => Vm.Dispose();
+}
