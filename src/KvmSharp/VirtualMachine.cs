@@ -16,7 +16,7 @@ public sealed class VirtualMachine : IDisposable
     private readonly Lock _lock = new();
     private readonly List<MemorySlot> _slots = [];
     private readonly List<Vcpu> _vcpus = [];
-    private int _maxSlots = -1;
+    private readonly int _maxSlots;
     private int _readOnlyMem = -1;
 
     internal VirtualMachine(Kvm kvm, KvmFdHandle fd)
@@ -26,6 +26,8 @@ public sealed class VirtualMachine : IDisposable
         Architecture = kvm.Architecture;
         _fd = fd;
         VcpuMmapSize = kvm.VcpuMmapSize;
+        int n = kvm.CheckExtension(KvmCapability.NrMemSlots);
+        _maxSlots = n > 0 ? n : 32; // KVM guaranteed 32 slots before the capability existed
     }
 
     internal Kvm Kvm { get; }
@@ -124,11 +126,6 @@ public sealed class VirtualMachine : IDisposable
                 if (_readOnlyMem < 0) _readOnlyMem = CheckExtension(KvmCapability.ReadOnlyMem);
                 if (_readOnlyMem == 0)
                     throw new NotSupportedException($"Read-only memory slot {range} needs KVM_CAP_READONLY_MEM, which this KVM lacks.");
-            }
-            if (_maxSlots < 0)
-            {
-                int n = Kvm.CheckExtension(KvmCapability.NrMemSlots);
-                _maxSlots = n > 0 ? n : 32; // KVM guarantees at least 32 (the pre-capability limit)
             }
             int slotId = LowestFreeSlot();
             if (slotId >= _maxSlots)

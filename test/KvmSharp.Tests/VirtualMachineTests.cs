@@ -1,0 +1,152 @@
+using KvmSharp.Interop;
+using KvmSharp.Tests.Guests;
+using KvmSharp.Tests.Model;
+
+namespace KvmSharp.Tests;
+
+public class VirtualMachineTests : KvmTestBase
+{
+    [Test]
+    public void OverlappingSlot_IsRefusedBeforeTheIoctl_NamingSlotAndRange()
+    {
+        using var vm = Kvm.CreateVirtualMachine();
+        vm.AddMemorySlot(0x100000, 0x10000);
+        var ex = Assert.Throws<ArgumentException>(() => vm.AddMemorySlot(0x108000, 0x10000));
+        Assert.That(ex!.Message, Does.Contain("overlaps memory slot 0").And.Contain("0x108000..0x118000").And.Contain("0x100000..0x110000"));
+        Assert.That(vm.MemorySlots, Has.Count.EqualTo(1));
+    }
+
+    [TestCase(0x1001UL, 0x1000UL, "not aligned")]
+    [TestCase(0x1000UL, 0x1800UL, "not a multiple of the page size")]
+    [TestCase(0x1000UL, 0UL, "greater than 0")]
+    [TestCase(0xFFFF_FFFF_FFFF_F000UL, 0x2000UL, "wraps")]
+    public void InvalidSlotGeometry_IsRefused(ulong gpa, ulong size, string expected)
+    {
+        using var vm = Kvm.CreateVirtualMachine();
+        var ex = Assert.Throws<ArgumentException>(() => vm.AddMemorySlot(gpa, size));
+        Assert.That(ex!.Message, Does.Contain(expected));
+    }
+
+    [Test]
+    public void KernelRefusal_IsKvmExceptionWithIoctlErrnoAndArguments_AndNothingLeaks()
+    {
+        var kernel = new RecordingKernel();
+        using var kvm = Kvm.Open(kernel, Kvm.DefaultDevicePath, KvmArchitecture.X86_64);
+        using var vm = kvm.CreateVirtualMachine();
+        int maps = MapCount();
+        kernel.FailNext(KvmIoctls.KVM_SET_USER_MEMORY_REGION, Errno.EEXIST);
+        var ex = Assert.Throws<KvmException>(() => vm.AddMemorySlot(0x200000, 0x4000));
+        Assert.That(ex!.Operation, Is.EqualTo("KVM_SET_USER_MEMORY_REGION"));
+        Assert.That(ex.ErrnoName, Is.EqualTo("EEXIST"));
+        Assert.That(ex.Message, Does.Contain("slot 0").And.Contain("gpa 0x200000").And.Contain("size 0x4000"));
+        Assert.That(ex, Is.InstanceOf<IOException>());
+        Assert.That(MapCount(), Is.EqualTo(maps), "the guest RAM mapping is released on failure");
+        Assert.That(vm.MemorySlots, Is.Empty);
+        Assert.That(vm.AddMemorySlot(0x200000, 0x4000).Slot, Is.EqualTo(0), "the VM stays usable");
+    }
+
+    [Test]
+    public void DuplicateVcpuId_IsRefused_AndKernelErrorsNameTheIoctl()
+    {
+        using var vm = Kvm.CreateVirtualMachine();
+        vm.CreateVcpu(0);
+        Assert.Throws<ArgumentException>(() => vm.CreateVcpu(0));
+        var ex = Assert.Throws<KvmException>(() => vm.CreateVcpu(1 << 30));
+        Assert.That(ex!.Operation, Is.EqualTo("KVM_CREATE_VCPU"));
+        Assert.That(ex.ErrnoName, Is.EqualTo("EINVAL"));
+        Assert.That(ex.Message, Does.Contain("vcpu id 1073741824"));
+        Assert.That(vm.Vcpus, Has.Count.EqualTo(1));
+    }
+
+    [Test]
+    public void RemovingASlot_FreesItsRange_AndTheGuestThenSeesMmio()
+    {
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(Iced.Intel.AssemblerRegisters.rbx, 0x400000UL);
+            a.mov(Iced.Intel.AssemblerRegisters.rax, Iced.Intel.AssemblerRegisters.__qword_ptr[Iced.Intel.AssemblerRegisters.rbx]);
+            a.hlt();
+        });
+        var extra = g.Vm.AddMemorySlot(0x400000, 0x1000);
+        extra.Dispose();
+        extra.Dispose();
+        Assert.That(extra.IsDisposed, Is.True);
+        Assert.Throws<ObjectDisposedException>(() => _ = extra.Span);
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Mmio));
+        var again = g.Vm.AddMemorySlot(0x400000, 0x1000);
+        Assert.That(again.Slot, Is.EqualTo(extra.Slot), "the slot number is reused");
+    }
+
+    [Test]
+    public void SlotAccessors_CheckBounds_AndNameTheSlot()
+    {
+        using var vm = Kvm.CreateVirtualMachine();
+        var slot = vm.AddMemorySlot(0x10000, 0x2000);
+        slot.Write(0x11FF8, 0x1122334455667788UL);
+        Assert.That(slot.Read<ulong>(0x11FF8), Is.EqualTo(0x1122334455667788UL));
+        Assert.That(slot.Span[0x1FF8], Is.EqualTo(0x88));
+        Assert.That(slot.Memory.Span[0x1FFF], Is.EqualTo(0x11));
+        var ex = Assert.Throws<ArgumentOutOfRangeException>(() => slot.Read<ulong>(0x11FFC));
+        Assert.That(ex!.Message, Does.Contain("slot 0").And.Contain("0x11FFC"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => slot.Write(0xF000, 1));
+        Assert.That(vm.FindSlot(0x10000), Is.SameAs(slot));
+        Assert.That(vm.FindSlot(0x12000), Is.Null);
+    }
+
+    [Test]
+    public void GuestRam_IsAdvisedDontFork()
+    {
+        using var vm = Kvm.CreateVirtualMachine();
+        var slot = vm.AddMemorySlot(0, 0x3000);
+        string start = slot.HostAddress.ToString("x");
+        string smaps = File.ReadAllText("/proc/self/smaps");
+        int at = smaps.IndexOf(start + "-", StringComparison.Ordinal);
+        Assert.That(at, Is.GreaterThanOrEqualTo(0), "mapping listed in smaps");
+        int flags = smaps.IndexOf("VmFlags:", at, StringComparison.Ordinal);
+        string line = smaps.Substring(flags, smaps.IndexOf('\n', flags) - flags);
+        Assert.That(line, Does.Contain(" dc"), "VmFlags shows dc (do not copy on fork)");
+    }
+
+    [Test]
+    public void DisposingTheVm_DisposesSlotsAndVcpus_AndNothingLeaks()
+    {
+        int fds = KvmUnavailableTests.FdCount(), maps = MapCount();
+        for (int i = 0; i < 20; i++)
+        {
+            var vm = Kvm.CreateVirtualMachine();
+            var slot = vm.AddMemorySlot(0, 0x10000);
+            vm.AddMemorySlot(0x100000, 0x1000, MemorySlotFlags.ReadOnly);
+            var cpu = vm.CreateVcpu();
+            var cpu2 = vm.CreateVcpu();
+            vm.Dispose();
+            vm.Dispose();
+            Assert.That(slot.IsDisposed && cpu.IsDisposed && cpu2.IsDisposed, Is.True);
+            Assert.Throws<ObjectDisposedException>(() => cpu.Run());
+            Assert.Throws<ObjectDisposedException>(() => vm.CreateVcpu());
+        }
+        Assert.That(KvmUnavailableTests.FdCount(), Is.EqualTo(fds), "fds");
+        Assert.That(MapCount(), Is.EqualTo(maps), "mappings");
+    }
+
+    internal static int MapCount() => File.ReadAllLines("/proc/self/maps").Length;
+}
+
+public class MemorySlotLimitTests : KvmTestBase
+{
+    [Test]
+    public void SlotCountLimit_FromNrMemSlots_IsEnforcedBeforeTheIoctl()
+    {
+        var kernel = new RecordingKernel
+        {
+            IoctlHook = (req, arg) => req == KvmIoctls.KVM_CHECK_EXTENSION && arg == (int)KvmCapability.NrMemSlots ? 2 : null,
+        };
+        using var kvm = Kvm.Open(kernel, Kvm.DefaultDevicePath, KvmArchitecture.X86_64);
+        using var vm = kvm.CreateVirtualMachine();
+        vm.AddMemorySlot(0, 0x1000);
+        vm.AddMemorySlot(0x1000, 0x1000);
+        int before = kernel.Count(KvmIoctls.KVM_SET_USER_MEMORY_REGION);
+        var ex = Assert.Throws<InvalidOperationException>(() => vm.AddMemorySlot(0x2000, 0x1000));
+        Assert.That(ex!.Message, Does.Contain("all 2 memory slots").And.Contain("0x2000..0x3000"));
+        Assert.That(kernel.Count(KvmIoctls.KVM_SET_USER_MEMORY_REGION), Is.EqualTo(before));
+    }
+}
