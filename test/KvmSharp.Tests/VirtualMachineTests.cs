@@ -33,14 +33,14 @@ public class VirtualMachineTests : KvmTestBase
         var kernel = new RecordingKernel();
         using var kvm = Kvm.Open(kernel, Kvm.DefaultDevicePath, KvmArchitecture.X86_64);
         using var vm = kvm.CreateVirtualMachine();
-        int maps = MapCount();
+        int maps = kernel.LiveMappings;
         kernel.FailNext(KvmIoctls.KVM_SET_USER_MEMORY_REGION, Errno.EEXIST);
         var ex = Assert.Throws<KvmException>(() => vm.AddMemorySlot(0x200000, 0x4000));
         Assert.That(ex!.Operation, Is.EqualTo("KVM_SET_USER_MEMORY_REGION"));
         Assert.That(ex.ErrnoName, Is.EqualTo("EEXIST"));
         Assert.That(ex.Message, Does.Contain("slot 0").And.Contain("gpa 0x200000").And.Contain("size 0x4000"));
         Assert.That(ex, Is.InstanceOf<IOException>());
-        Assert.That(MapCount(), Is.EqualTo(maps), "the guest RAM mapping is released on failure");
+        Assert.That(kernel.LiveMappings, Is.EqualTo(maps), "the guest RAM mapping is released on failure");
         Assert.That(vm.MemorySlots, Is.Empty);
         Assert.That(vm.AddMemorySlot(0x200000, 0x4000).Slot, Is.EqualTo(0), "the VM stays usable");
     }
@@ -110,25 +110,27 @@ public class VirtualMachineTests : KvmTestBase
     [Test]
     public void DisposingTheVm_DisposesSlotsAndVcpus_AndNothingLeaks()
     {
-        int fds = KvmUnavailableTests.FdCount(), maps = MapCount();
+        var kernel = new RecordingKernel();
+        using var kvm = Kvm.Open(kernel, Kvm.DefaultDevicePath, KvmArchitecture.X86_64);
+        int fds = KvmUnavailableTests.FdCount();
         for (int i = 0; i < 20; i++)
         {
-            var vm = Kvm.CreateVirtualMachine();
+            var vm = kvm.CreateVirtualMachine();
             var slot = vm.AddMemorySlot(0, 0x10000);
-            vm.AddMemorySlot(0x100000, 0x1000, MemorySlotFlags.ReadOnly);
+            var rom = vm.AddMemorySlot(0x100000, 0x1000, MemorySlotFlags.ReadOnly);
             var cpu = vm.CreateVcpu();
             var cpu2 = vm.CreateVcpu();
+            Assert.That(kernel.LiveMappings, Is.EqualTo(4), "two slots and two kvm_run pages");
             vm.Dispose();
             vm.Dispose();
-            Assert.That(slot.IsDisposed && cpu.IsDisposed && cpu2.IsDisposed, Is.True);
+            Assert.That(slot.IsDisposed && rom.IsDisposed && cpu.IsDisposed && cpu2.IsDisposed, Is.True);
             Assert.Throws<ObjectDisposedException>(() => cpu.Run());
             Assert.Throws<ObjectDisposedException>(() => vm.CreateVcpu());
+            Assert.That((kernel.LiveMappings, kernel.LiveFds), Is.EqualTo((0, 1)), "only /dev/kvm stays open");
         }
-        Assert.That(KvmUnavailableTests.FdCount(), Is.EqualTo(fds), "fds");
-        Assert.That(MapCount(), Is.EqualTo(maps), "mappings");
+        Assert.That(KvmUnavailableTests.FdCount(), Is.EqualTo(fds), "no fd left in /proc/self/fd");
     }
 
-    internal static int MapCount() => File.ReadAllLines("/proc/self/maps").Length;
 }
 
 public class MemorySlotLimitTests : KvmTestBase
