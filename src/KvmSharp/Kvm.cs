@@ -164,6 +164,31 @@ public sealed class Kvm : IDisposable
         }
     }
 
+    private uint[]? _msrIndices;
+
+    /// <summary>
+    /// The MSRs KVM can save and restore for a guest (x86). Wraps KVM_GET_MSR_INDEX_LIST; the result is cached.
+    /// </summary>
+    /// <exception cref="PlatformNotSupportedException">Not x86_64.</exception>
+    /// <exception cref="KvmException">The ioctl failed.</exception>
+    public unsafe IReadOnlyList<uint> GetMsrIndexList()
+    {
+        RequireArch(KvmArchitecture.X86_64, nameof(GetMsrIndexList));
+        if (_msrIndices is not null) return _msrIndices;
+        for (int n = 64; ; n *= 2)
+        {
+            int bytes = sizeof(kvm_msr_list) + n * sizeof(uint);
+            using var buf = new NativeBuffer(bytes);
+            var view = new StructView(buf, 0, bytes);
+            view.At<kvm_msr_list>(0).nmsrs = (uint)n;
+            int r = Kernel.Ioctl(Fd, KvmIoctls.X86.KVM_GET_MSR_INDEX_LIST, view.Address);
+            if (r == -Errno.E2BIG && n < 65536) continue;
+            if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.X86.KVM_GET_MSR_INDEX_LIST, r, $"nmsrs {n}");
+            int count = (int)view.At<kvm_msr_list>(0).nmsrs;
+            return _msrIndices = MemoryMarshal.Cast<byte, uint>(view.Span.Slice(sizeof(kvm_msr_list), count * sizeof(uint))).ToArray();
+        }
+    }
+
     /// <summary>
     /// Creates a virtual machine with no memory and no vCPUs. Wraps KVM_CREATE_VM.
     /// </summary>

@@ -21,7 +21,8 @@ public sealed class Vcpu : IDisposable
     private readonly int _runLength;
     private readonly int _fdNumber;
     private readonly StructView _syncHeader;
-    private readonly X86RegisterSync? _x86;
+    private readonly IRegisterSync _registers;
+    private readonly IRunHooks _hooks;
     private bool _disposed;
 
     internal Vcpu(VirtualMachine vm, int id, KvmFdHandle fd, MappedMemoryHandle run)
@@ -37,12 +38,15 @@ public sealed class Vcpu : IDisposable
         if (_runLength < Architecture.KvmRunSize())
             throw new InvalidOperationException($"KVM_GET_VCPU_MMAP_SIZE ({_runLength}) is smaller than struct kvm_run ({Architecture.KvmRunSize()}).");
         _syncHeader = new StructView(run, Architecture.SyncRegsHeaderOffset(), 16);
-        if (Architecture == KvmArchitecture.X86_64)
+        (_registers, _hooks) = Architecture switch
         {
-            int syncRegs = vm.CheckExtension(KvmCapability.SyncRegs);
-            _x86 = new X86RegisterSync(this, run, syncRegs);
-        }
+            KvmArchitecture.X86_64 => Pair(new X86RegisterSync(this, run, vm.CheckExtension(KvmCapability.SyncRegs))),
+            KvmArchitecture.Arm64 => Pair(new Arm64RegisterSync(this)),
+            _ => Pair(new S390xRegisterSync(this, run)),
+        };
     }
+
+    private static (IRegisterSync, IRunHooks) Pair<T>(T strategy) where T : IRegisterSync, IRunHooks => (strategy, strategy);
 
     internal IKernel Kernel { get; }
 
@@ -67,14 +71,23 @@ public sealed class Vcpu : IDisposable
     /// <summary>True once disposed.</summary>
     public bool IsDisposed => _disposed;
 
-    /// <summary>The register cache, whatever the architecture.</summary>
-    /// <exception cref="PlatformNotSupportedException">No register strategy exists yet for this architecture.</exception>
-    public IRegisterSync Registers => (IRegisterSync?)_x86
-        ?? throw new PlatformNotSupportedException($"KvmSharp has no register strategy for {Architecture} yet.");
+    /// <summary>The register cache, whatever the architecture (see <see cref="IRegisterSync"/>).</summary>
+    public IRegisterSync Registers => _registers;
 
     /// <summary>The x86 register cache.</summary>
     /// <exception cref="PlatformNotSupportedException">The vCPU is not x86_64.</exception>
-    public X86RegisterSync X86 => _x86 ?? throw new PlatformNotSupportedException($"X86 registers on a {Architecture} vCPU.");
+    public X86RegisterSync X86 => _registers as X86RegisterSync ?? throw NotArch(KvmArchitecture.X86_64);
+
+    /// <summary>The arm64 register cache.</summary>
+    /// <exception cref="PlatformNotSupportedException">The vCPU is not arm64.</exception>
+    public Arm64RegisterSync Arm64 => _registers as Arm64RegisterSync ?? throw NotArch(KvmArchitecture.Arm64);
+
+    /// <summary>The s390x register cache.</summary>
+    /// <exception cref="PlatformNotSupportedException">The vCPU is not s390x.</exception>
+    public S390xRegisterSync S390x => _registers as S390xRegisterSync ?? throw NotArch(KvmArchitecture.S390x);
+
+    private PlatformNotSupportedException NotArch(KvmArchitecture wanted) =>
+        new($"{wanted} registers requested on a {Architecture} vCPU.");
 
     internal ref ulong RunValidRegs => ref _syncHeader.At<ulong>(0);
 
@@ -122,9 +135,9 @@ public sealed class Vcpu : IDisposable
     public VcpuExit Run()
     {
         if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-        _x86?.BeforeRun();
+        _hooks.BeforeRun();
         int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-        _x86?.AfterRun();
+        _hooks.AfterRun(r);
         var run = _run.Slice(0, _runLength);
         if (r < 0)
         {
@@ -134,6 +147,27 @@ public sealed class Vcpu : IDisposable
         }
         return new VcpuExit(run, Architecture);
     }
+
+    /// <summary>
+    /// Enters KVM_RUN with <c>immediate_exit</c> set, so that KVM completes a pending I/O or MMIO
+    /// access (and advances the PC past it) without running guest code. Used by the register
+    /// strategies before they write registers the completion would clobber. Bypasses the cache hooks.
+    /// </summary>
+    internal void CompletePendingAccess()
+    {
+        var run = RunSpan();
+        byte saved = run[1];
+        run[1] = 1;
+        int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+        run[1] = saved;
+        if (r < 0 && r != -Errno.EINTR) ThrowRunFailed(r);
+    }
+
+    /// <summary>The raw <c>kvm_run.exit_reason</c> of the last run (stale after an EINTR).</summary>
+    internal uint LastExitReason => System.Runtime.InteropServices.MemoryMarshal.Read<uint>(_run.Slice(8, 4));
+
+    /// <summary>The vCPU's <c>kvm_run</c> mapping, for the register strategies' views.</summary>
+    internal MappedMemoryHandle RunMapping => _run;
 
     private void ThrowRunFailed(int r) =>
         ThrowHelper.ThrowKvm(KvmIoctls.KVM_RUN, r, $"vcpu {Id}");
@@ -168,7 +202,7 @@ public sealed class Vcpu : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        _x86?.Release();
+        _hooks.Release();
         _run.Dispose();
         _fd.Dispose();
         _vm.OnVcpuDisposed(this);

@@ -28,7 +28,18 @@ public sealed class VirtualMachine : IDisposable
         VcpuMmapSize = kvm.VcpuMmapSize;
         int n = kvm.CheckExtension(KvmCapability.NrMemSlots);
         _maxSlots = n > 0 ? n : 32; // KVM guaranteed 32 slots before the capability existed
+        if (Architecture == KvmArchitecture.X86_64)
+        {
+            MsrIndices = kvm.GetMsrIndexList();
+            XsaveSize = Math.Max(4096, kvm.CheckExtension(KvmCapability.Xsave2));
+        }
     }
+
+    /// <summary>x86: the MSRs KVM can save/restore (captured at creation, so vCPUs need no system fd).</summary>
+    internal IReadOnlyList<uint> MsrIndices { get; } = [];
+
+    /// <summary>x86: the size of the XSAVE area KVM_GET_XSAVE2 fills (KVM_CAP_XSAVE2, at least 4096).</summary>
+    internal int XsaveSize { get; }
 
     internal Kvm Kvm { get; }
 

@@ -16,6 +16,14 @@ public enum X86RegisterSets
     Xcrs = 8,
     /// <summary>MP state (KVM_GET/SET_MP_STATE). Level Reset.</summary>
     MpState = 16,
+    /// <summary>x87, SSE, AVX… state (KVM_GET_XSAVE2/KVM_SET_XSAVE). Level Runtime.</summary>
+    Xsave = 32,
+    /// <summary>DR0–DR3, DR6, DR7 (KVM_GET/SET_DEBUGREGS). Level Runtime.</summary>
+    DebugRegs = 64,
+    /// <summary>MSRs the vCPU itself changes: SYSENTER, PAT, STAR/LSTAR/CSTAR/FMASK, KERNEL_GS_BASE, TSC_AUX, … (KVM_GET/SET_MSRS). Level Runtime.</summary>
+    RuntimeMsrs = 128,
+    /// <summary>MSRs with side effects, written only at reset or init: TSC, kvmclock, async PF, steal time, PV EOI (KVM_GET/SET_MSRS). Level Reset.</summary>
+    ResetMsrs = 256,
     /// <summary>Every set.</summary>
-    All = Gprs | Sregs | Events | Xcrs | MpState,
+    All = Gprs | Sregs | Events | Xcrs | MpState | Xsave | DebugRegs | RuntimeMsrs | ResetMsrs,
 }

@@ -7,25 +7,44 @@ namespace KvmSharp.Registers;
 /// <summary>
 /// The x86_64 register cache of one vCPU. With KVM_CAP_SYNC_REGS, GPRs, special registers and
 /// events live in the vCPU's <c>kvm_run</c> page: the kernel stores the sets named by
-/// <see cref="SyncOnExit"/> there at every exit, and loads the dirty ones at the next entry, so a
+/// <see cref="SyncOnExit"/> there at every exit and loads the dirty ones at the next entry, so a
 /// handler that reads RIP and writes RAX costs no ioctl besides KVM_RUN. Without it they move with
-/// KVM_GET/SET_REGS, _SREGS and _VCPU_EVENTS.
+/// KVM_GET/SET_REGS, _SREGS and _VCPU_EVENTS. The other sets (<see cref="X86RegisterSets"/>) always
+/// move with their ioctls.
 /// </summary>
 /// <remarks>Not thread-safe: use it on the vCPU's thread, or while the vCPU is not running.</remarks>
-public sealed class X86RegisterSync : IRegisterSync
+public sealed class X86RegisterSync : IRegisterSync, IRunHooks
 {
     private const X86RegisterSets SyncCapable = X86RegisterSets.Gprs | X86RegisterSets.Sregs | X86RegisterSets.Events;
+    private const X86RegisterSets ResetLevel = X86RegisterSets.MpState | X86RegisterSets.ResetMsrs;
     private const int RegsOffset = 0, SregsOffset = 144, EventsOffset = 456, SyncBlockSize = 520;
-    private const int XcrsOffset = SyncBlockSize, MpStateOffset = XcrsOffset + 392, ShadowSize = MpStateOffset + 8;
+
+    // MSRs written at every level (QEMU's runtime set) and MSRs written only at reset/init, because
+    // writing them has side effects (TSC jumps, kvmclock/steal-time/async-PF areas re-registered).
+    private static readonly uint[] RuntimeMsrCandidates =
+    [
+        0x174, 0x175, 0x176,            // SYSENTER_CS/ESP/EIP
+        0x277,                          // PAT
+        0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, // STAR, LSTAR, CSTAR, FMASK
+        0xC0000102, 0xC0000103,         // KERNEL_GS_BASE, TSC_AUX
+        0x1A0, 0x3B, 0x48, 0xDA0,       // MISC_ENABLE, TSC_ADJUST, SPEC_CTRL, XSS
+    ];
+    private static readonly uint[] ResetMsrCandidates =
+    [
+        0x10,                           // TSC
+        0x11, 0x12,                     // kvmclock (old)
+        0x4B564D00, 0x4B564D01,         // kvmclock (new)
+        0x4B564D02, 0x4B564D03, 0x4B564D04, // async PF, steal time, PV EOI
+    ];
+
+    /// <summary>MSR index of the time-stamp counter.</summary>
+    public const uint MsrTsc = 0x10;
 
     private readonly Vcpu _vcpu;
     private readonly IKernel _kernel;
-    private readonly StructView _runSync;      // kvm_run.s.regs
-    private readonly StructView _shadowSync;   // same layout, for the ioctl path
-    private readonly StructView _xcrs;
-    private readonly StructView _mpState;
-    private readonly MappedMemoryHandle _run;
     private readonly NativeBuffer _shadow;
+    private readonly StructView _runSync, _shadowSync, _xcrs, _mpState, _xsave, _debugRegs, _runtimeMsrs, _resetMsrs;
+    private readonly uint[] _runtimeMsrIndices, _resetMsrIndices;
     private readonly bool _kernelHasSyncRegs;
     private bool _useSyncRegs;
     private X86RegisterSets _syncOnExit = X86RegisterSets.Gprs;
@@ -36,16 +55,37 @@ public sealed class X86RegisterSync : IRegisterSync
     {
         _vcpu = vcpu;
         _kernel = vcpu.Kernel;
-        _run = run;
-        _shadow = new NativeBuffer(ShadowSize);
-        int s = KvmArchitecture.X86_64.SyncRegsHeaderOffset() + 16;
-        _runSync = new StructView(run, s, SyncBlockSize);
-        _shadowSync = new StructView(_shadow, 0, SyncBlockSize);
-        _xcrs = new StructView(_shadow, XcrsOffset, 392);
-        _mpState = new StructView(_shadow, MpStateOffset, 4);
+        var supported = new HashSet<uint>(vcpu.VirtualMachine.MsrIndices);
+        _runtimeMsrIndices = [.. RuntimeMsrCandidates.Where(supported.Contains)];
+        _resetMsrIndices = [.. ResetMsrCandidates.Where(supported.Contains)];
+        int xsaveSize = vcpu.VirtualMachine.XsaveSize;
+        int runtimeMsrsSize = 8 + 16 * _runtimeMsrIndices.Length, resetMsrsSize = 8 + 16 * _resetMsrIndices.Length;
+
+        int o = 0;
+        int Next(int size) { int at = o; o += (size + 63) & ~63; return at; }
+        int sync = Next(SyncBlockSize), xcrs = Next(392), mp = Next(4), xsave = Next(xsaveSize), dbg = Next(128),
+            rtm = Next(runtimeMsrsSize), rsm = Next(resetMsrsSize);
+        _shadow = new NativeBuffer(o);
+        _runSync = new StructView(run, KvmArchitecture.X86_64.SyncRegsHeaderOffset() + 16, SyncBlockSize);
+        _shadowSync = new StructView(_shadow, sync, SyncBlockSize);
+        _xcrs = new StructView(_shadow, xcrs, 392);
+        _mpState = new StructView(_shadow, mp, 4);
+        _xsave = new StructView(_shadow, xsave, xsaveSize);
+        _debugRegs = new StructView(_shadow, dbg, 128);
+        _runtimeMsrs = new StructView(_shadow, rtm, runtimeMsrsSize);
+        _resetMsrs = new StructView(_shadow, rsm, resetMsrsSize);
+        InitMsrList(_runtimeMsrs, _runtimeMsrIndices);
+        InitMsrList(_resetMsrs, _resetMsrIndices);
+
         _kernelHasSyncRegs = (syncRegsCapability & (int)SyncCapable) == (int)SyncCapable;
         _useSyncRegs = _kernelHasSyncRegs;
         ApplyValidRegs();
+    }
+
+    private static void InitMsrList(StructView view, uint[] indices)
+    {
+        view.At<kvm_msrs>(0).nmsrs = (uint)indices.Length;
+        for (int i = 0; i < indices.Length; i++) view.At<kvm_msr_entry>(8 + 16 * i).index = indices[i];
     }
 
     /// <inheritdoc/>
@@ -76,7 +116,7 @@ public sealed class X86RegisterSync : IRegisterSync
     /// <summary>
     /// The sets the kernel stores into <c>kvm_run</c> at every exit when sync regs are used (default
     /// <see cref="X86RegisterSets.Gprs"/>). Sets named here are valid after each exit without an ioctl;
-    /// each one costs the kernel a copy on every exit.
+    /// each costs the kernel a copy on every exit.
     /// </summary>
     /// <exception cref="ArgumentException">A set other than GPRs, Sregs or Events is named.</exception>
     public X86RegisterSets SyncOnExit
@@ -91,16 +131,21 @@ public sealed class X86RegisterSync : IRegisterSync
         }
     }
 
-    /// <summary>The sets the cache holds now (for diagnostics and tests).</summary>
+    /// <summary>The sets the cache holds now.</summary>
     public X86RegisterSets ValidSets => _valid;
 
-    /// <summary>The sets written since the last write-back (for diagnostics and tests).</summary>
+    /// <summary>The sets written since the last write-back.</summary>
     public X86RegisterSets DirtySets => _dirty;
+
+    /// <summary>The MSRs in <see cref="X86RegisterSets.RuntimeMsrs"/> (those of KvmSharp's list that this KVM supports).</summary>
+    public IReadOnlyList<uint> RuntimeMsrIndices => _runtimeMsrIndices;
+
+    /// <summary>The MSRs in <see cref="X86RegisterSets.ResetMsrs"/> (those of KvmSharp's list that this KVM supports).</summary>
+    public IReadOnlyList<uint> ResetMsrIndices => _resetMsrIndices;
 
     private StructView SyncBlock => _useSyncRegs ? _runSync : _shadowSync;
 
-    private void ApplyValidRegs() =>
-        _vcpu.RunValidRegs = _useSyncRegs ? (ulong)_syncOnExit : 0;
+    private void ApplyValidRegs() => _vcpu.RunValidRegs = _useSyncRegs ? (ulong)_syncOnExit : 0;
 
     // ---- bulk access -------------------------------------------------------------------------
 
@@ -115,12 +160,7 @@ public sealed class X86RegisterSync : IRegisterSync
     }
 
     /// <summary>The GPRs for writing: fetched if needed and marked dirty.</summary>
-    public ref X86Gprs EditGprs()
-    {
-        Fetch(X86RegisterSets.Gprs);
-        _dirty |= X86RegisterSets.Gprs;
-        return ref SyncBlock.At<X86Gprs>(RegsOffset);
-    }
+    public ref X86Gprs EditGprs() => ref SyncBlock.At<X86Gprs>(Edit(X86RegisterSets.Gprs, RegsOffset));
 
     /// <summary>The special registers, fetched if needed. Read-only: use <see cref="EditSpecialRegisters"/> to change them.</summary>
     public ref readonly X86SpecialRegisters SpecialRegisters
@@ -133,11 +173,68 @@ public sealed class X86RegisterSync : IRegisterSync
     }
 
     /// <summary>The special registers for writing: fetched if needed and marked dirty.</summary>
-    public ref X86SpecialRegisters EditSpecialRegisters()
+    public ref X86SpecialRegisters EditSpecialRegisters() => ref SyncBlock.At<X86SpecialRegisters>(Edit(X86RegisterSets.Sregs, SregsOffset));
+
+    /// <summary>Pending events, fetched if needed. Read-only: use <see cref="EditEvents"/> to change them.</summary>
+    public ref readonly X86VcpuEvents Events
     {
-        Fetch(X86RegisterSets.Sregs);
-        _dirty |= X86RegisterSets.Sregs;
-        return ref SyncBlock.At<X86SpecialRegisters>(SregsOffset);
+        get
+        {
+            Fetch(X86RegisterSets.Events);
+            return ref SyncBlock.At<X86VcpuEvents>(EventsOffset);
+        }
+    }
+
+    /// <summary>Pending events for writing: fetched if needed and marked dirty. Wraps KVM_SET_VCPU_EVENTS (or sync regs).</summary>
+    public ref X86VcpuEvents EditEvents() => ref SyncBlock.At<X86VcpuEvents>(Edit(X86RegisterSets.Events, EventsOffset));
+
+    /// <summary>Debug registers, fetched if needed. Wraps KVM_GET_DEBUGREGS; needs KVM_CAP_DEBUGREGS.</summary>
+    public ref readonly X86DebugRegisters DebugRegisters
+    {
+        get
+        {
+            Fetch(X86RegisterSets.DebugRegs);
+            return ref _debugRegs.At<X86DebugRegisters>(0);
+        }
+    }
+
+    /// <summary>Debug registers for writing: fetched if needed and marked dirty. Wraps KVM_SET_DEBUGREGS.</summary>
+    public ref X86DebugRegisters EditDebugRegisters() => ref _debugRegs.At<X86DebugRegisters>(Edit(X86RegisterSets.DebugRegs, 0));
+
+    /// <summary>The XSAVE area (legacy FXSAVE region, XSAVE header, extended state), fetched if needed. Wraps KVM_GET_XSAVE2; needs KVM_CAP_XSAVE.</summary>
+    public ReadOnlySpan<byte> Xsave
+    {
+        get
+        {
+            Fetch(X86RegisterSets.Xsave);
+            return _xsave.Span;
+        }
+    }
+
+    /// <summary>The XSAVE area for writing: fetched if needed and marked dirty. Wraps KVM_SET_XSAVE.</summary>
+    public Span<byte> EditXsave() => _xsave.Span.Slice(Edit(X86RegisterSets.Xsave, 0));
+
+    /// <summary>XMM register <paramref name="index"/> (0–15), from the XSAVE area.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Index not in 0–15.</exception>
+    public UInt128 GetXmm(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)index, 15u, nameof(index));
+        return System.Runtime.InteropServices.MemoryMarshal.Read<UInt128>(Xsave.Slice(160 + 16 * index, 16));
+    }
+
+    /// <summary>Writes XMM register <paramref name="index"/> (0–15) in the XSAVE area.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Index not in 0–15.</exception>
+    public void SetXmm(int index, UInt128 value)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)index, 15u, nameof(index));
+        System.Runtime.InteropServices.MemoryMarshal.Write(EditXsave().Slice(160 + 16 * index, 16), in value);
+    }
+
+    private int Edit(X86RegisterSets set, int offset)
+    {
+        Fetch(set);
+        _dirty |= set;
+        return offset;
     }
 
     // ---- typed accessors ---------------------------------------------------------------------
@@ -180,6 +277,22 @@ public sealed class X86RegisterSync : IRegisterSync
     public X86DescriptorTable Idt { get => SpecialRegisters.Idt; set => EditSpecialRegisters().Idt = value; }
 #pragma warning restore CS1591
 
+    /// <inheritdoc/>
+    public ulong ProgramCounter { get => Rip; set => Rip = value; }
+
+    /// <inheritdoc/>
+    public ulong GetGeneralRegister(int index) => Unsafe.Add(ref Unsafe.AsRef(in Gprs.Rax), GprSlot(index));
+
+    /// <inheritdoc/>
+    public void SetGeneralRegister(int index, ulong value) => Unsafe.Add(ref EditGprs().Rax, GprSlot(index)) = value;
+
+    // Encoding order RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI → slot in struct kvm_regs (RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP).
+    private static int GprSlot(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)index, 15u, nameof(index));
+        return index switch { 1 => 2, 2 => 3, 3 => 1, 4 => 6, 5 => 7, 6 => 4, 7 => 5, _ => index };
+    }
+
     /// <summary>XCR0, the enabled XSAVE feature mask. Wraps KVM_GET/SET_XCRS; needs KVM_CAP_XCRS.</summary>
     /// <exception cref="KvmException">The ioctl failed (e.g. EINVAL for a value CPUID does not allow).</exception>
     public ulong Xcr0
@@ -187,41 +300,35 @@ public sealed class X86RegisterSync : IRegisterSync
         get
         {
             Fetch(X86RegisterSets.Xcrs);
-            ref var x = ref _xcrs.At<kvm_xcrs>(0);
-            int n = (int)Math.Min(x.nr_xcrs, kvm_xcrs.KVM_MAX_XCRS);
-            for (int i = 0; i < n; i++)
-            {
-                ref var e = ref _xcrs.At<kvm_xcr>(8 + 16 * i);
-                if (e.xcr == 0) return e.value;
-            }
-            return 0;
+            int i = FindXcr(0);
+            return i < 0 ? 0 : _xcrs.At<kvm_xcr>(8 + 16 * i).value;
         }
         set
         {
             Fetch(X86RegisterSets.Xcrs);
-            FindOrAddXcr0().value = value;
+            ref var x = ref _xcrs.At<kvm_xcrs>(0);
+            int i = FindXcr(0);
+            if (i < 0)
+            {
+                // KVM lists XCR0 whenever XSAVE is usable; add it otherwise so that the write is not lost.
+                i = (int)x.nr_xcrs;
+                x.nr_xcrs++;
+                _xcrs.At<kvm_xcr>(8 + 16 * i) = new kvm_xcr { xcr = 0 };
+            }
+            _xcrs.At<kvm_xcr>(8 + 16 * i).value = value;
             _dirty |= X86RegisterSets.Xcrs;
         }
     }
 
-    private ref kvm_xcr FindOrAddXcr0()
+    private int FindXcr(uint xcr)
     {
-        ref var x = ref _xcrs.At<kvm_xcrs>(0);
-        int n = (int)Math.Min(x.nr_xcrs, kvm_xcrs.KVM_MAX_XCRS);
+        int n = (int)Math.Min(_xcrs.At<kvm_xcrs>(0).nr_xcrs, kvm_xcrs.KVM_MAX_XCRS);
         for (int i = 0; i < n; i++)
-        {
-            ref var e = ref _xcrs.At<kvm_xcr>(8 + 16 * i);
-            if (e.xcr == 0) return ref e;
-        }
-        // KVM reports XCR0 whenever XSAVE is usable; add it otherwise so that a write is not lost.
-        x.nr_xcrs = (uint)n + 1;
-        ref var added = ref _xcrs.At<kvm_xcr>(8 + 16 * n);
-        added = default;
-        return ref added;
+            if (_xcrs.At<kvm_xcr>(8 + 16 * i).xcr == xcr) return i;
+        return -1;
     }
 
-    /// <summary>The vCPU's MP state. Wraps KVM_GET/SET_MP_STATE; needs KVM_CAP_MP_STATE. Level Reset.</summary>
-    /// <exception cref="KvmException">The ioctl failed.</exception>
+    /// <inheritdoc/>
     public MpState MpState
     {
         get
@@ -237,9 +344,43 @@ public sealed class X86RegisterSync : IRegisterSync
         }
     }
 
+    /// <summary>The time-stamp counter (MSR 0x10, in <see cref="X86RegisterSets.ResetMsrs"/>, so never written back by a plain run unless set here).</summary>
+    public ulong Tsc { get => GetMsr(MsrTsc); set => SetMsr(MsrTsc, value); }
+
+    /// <summary>Reads an MSR of <see cref="RuntimeMsrIndices"/> or <see cref="ResetMsrIndices"/>. Wraps KVM_GET_MSRS.</summary>
+    /// <exception cref="ArgumentException">KvmSharp does not track this MSR, or this KVM cannot save it.</exception>
+    public ulong GetMsr(uint index)
+    {
+        var (set, view, slot) = LocateMsr(index);
+        Fetch(set);
+        return view.At<kvm_msr_entry>(8 + 16 * slot).data;
+    }
+
+    /// <summary>Writes an MSR of <see cref="RuntimeMsrIndices"/> or <see cref="ResetMsrIndices"/>; it reaches KVM before the next run. Wraps KVM_SET_MSRS.</summary>
+    /// <exception cref="ArgumentException">KvmSharp does not track this MSR, or this KVM cannot save it.</exception>
+    public void SetMsr(uint index, ulong value)
+    {
+        var (set, view, slot) = LocateMsr(index);
+        Fetch(set);
+        view.At<kvm_msr_entry>(8 + 16 * slot).data = value;
+        _dirty |= set;
+    }
+
+    private (X86RegisterSets, StructView, int) LocateMsr(uint index)
+    {
+        int i = Array.IndexOf(_runtimeMsrIndices, index);
+        if (i >= 0) return (X86RegisterSets.RuntimeMsrs, _runtimeMsrs, i);
+        i = Array.IndexOf(_resetMsrIndices, index);
+        if (i >= 0) return (X86RegisterSets.ResetMsrs, _resetMsrs, i);
+        throw new ArgumentException($"MSR 0x{index:X} is not one KvmSharp caches on this KVM (runtime: {Hex(_runtimeMsrIndices)}; reset: {Hex(_resetMsrIndices)}).", nameof(index));
+    }
+
+    private static string Hex(uint[] a) => string.Join(", ", a.Select(x => $"0x{x:X}"));
+
     // ---- the engine --------------------------------------------------------------------------
 
     /// <summary>Fetches the given sets unless cached. A dirty set is valid, so it is never overwritten.</summary>
+    /// <exception cref="KvmException">A get ioctl failed.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Fetch(X86RegisterSets sets)
     {
@@ -249,25 +390,49 @@ public sealed class X86RegisterSync : IRegisterSync
 
     private void FetchSlow(X86RegisterSets missing)
     {
-        var block = SyncBlock;
-        if ((missing & X86RegisterSets.Gprs) != 0) Get(KvmIoctls.X86.KVM_GET_REGS, block.Address + RegsOffset);
-        if ((missing & X86RegisterSets.Sregs) != 0) Get(KvmIoctls.X86.KVM_GET_SREGS, block.Address + SregsOffset);
-        if ((missing & X86RegisterSets.Events) != 0) Get(KvmIoctls.X86.KVM_GET_VCPU_EVENTS, block.Address + EventsOffset);
-        if ((missing & X86RegisterSets.Xcrs) != 0) Get(KvmIoctls.X86.KVM_GET_XCRS, _xcrs.Address);
-        if ((missing & X86RegisterSets.MpState) != 0) Get(KvmIoctls.KVM_GET_MP_STATE, _mpState.Address);
-        _valid |= missing;
+        // Each set is marked valid as soon as it arrives, so a failure leaves the others consistent.
+        foreach (var set in Each(missing))
+        {
+            var (get, _, address) = Transport(set);
+            int r = _kernel.Ioctl(_vcpu.Fd, get, address);
+            if (r < 0) ThrowHelper.ThrowKvm(get, r, $"vcpu {_vcpu.Id}");
+            _valid |= set;
+        }
     }
 
-    private void Get(KvmIoctl ioctl, nint address)
+    private (KvmIoctl Get, KvmIoctl Set, nint Address) Transport(X86RegisterSets set) => set switch
     {
-        int r = _kernel.Ioctl(_vcpu.Fd, ioctl, address);
-        if (r < 0) ThrowHelper.ThrowKvm(ioctl, r, $"vcpu {_vcpu.Id}");
+        X86RegisterSets.Gprs => (KvmIoctls.X86.KVM_GET_REGS, KvmIoctls.X86.KVM_SET_REGS, SyncBlock.Address + RegsOffset),
+        X86RegisterSets.Sregs => (KvmIoctls.X86.KVM_GET_SREGS, KvmIoctls.X86.KVM_SET_SREGS, SyncBlock.Address + SregsOffset),
+        X86RegisterSets.Events => (KvmIoctls.X86.KVM_GET_VCPU_EVENTS, KvmIoctls.X86.KVM_SET_VCPU_EVENTS, SyncBlock.Address + EventsOffset),
+        X86RegisterSets.Xcrs => (KvmIoctls.X86.KVM_GET_XCRS, KvmIoctls.X86.KVM_SET_XCRS, _xcrs.Address),
+        X86RegisterSets.MpState => (KvmIoctls.KVM_GET_MP_STATE, KvmIoctls.KVM_SET_MP_STATE, _mpState.Address),
+        X86RegisterSets.Xsave => (_xsave.Span.Length > 4096 ? KvmIoctls.X86.KVM_GET_XSAVE2 : KvmIoctls.X86.KVM_GET_XSAVE, KvmIoctls.X86.KVM_SET_XSAVE, _xsave.Address),
+        X86RegisterSets.DebugRegs => (KvmIoctls.X86.KVM_GET_DEBUGREGS, KvmIoctls.X86.KVM_SET_DEBUGREGS, _debugRegs.Address),
+        X86RegisterSets.RuntimeMsrs => (KvmIoctls.X86.KVM_GET_MSRS, KvmIoctls.X86.KVM_SET_MSRS, _runtimeMsrs.Address),
+        X86RegisterSets.ResetMsrs => (KvmIoctls.X86.KVM_GET_MSRS, KvmIoctls.X86.KVM_SET_MSRS, _resetMsrs.Address),
+        _ => throw new ArgumentOutOfRangeException(nameof(set), set, "not a single register set"),
+    };
+
+    // Write-back order: MP state first (on a real INIT/SIPI it moves CS:RIP; explicit values must win),
+    // special registers before GPRs (CR0/EFER before RIP/RFLAGS), then the rest as QEMU orders them.
+    private static readonly X86RegisterSets[] FlushOrder =
+    [
+        X86RegisterSets.MpState, X86RegisterSets.Sregs, X86RegisterSets.Gprs, X86RegisterSets.Xsave, X86RegisterSets.Xcrs,
+        X86RegisterSets.RuntimeMsrs, X86RegisterSets.ResetMsrs, X86RegisterSets.Events, X86RegisterSets.DebugRegs,
+    ];
+
+    private static IEnumerable<X86RegisterSets> Each(X86RegisterSets sets)
+    {
+        foreach (var s in FlushOrder)
+            if ((sets & s) != 0) yield return s;
     }
 
     /// <inheritdoc/>
     public void Synchronize() => Fetch(X86RegisterSets.All);
 
     /// <summary>Marks sets as changed so that they are written back before the next run (fetching them first if needed).</summary>
+    /// <exception cref="KvmException">Fetching failed.</exception>
     public void MarkDirty(X86RegisterSets sets)
     {
         Fetch(sets);
@@ -277,66 +442,130 @@ public sealed class X86RegisterSync : IRegisterSync
     /// <inheritdoc/>
     public void Push(SyncLevel level)
     {
-        var sets = _valid & (level >= SyncLevel.Reset ? X86RegisterSets.All : X86RegisterSets.All & ~X86RegisterSets.MpState);
-        _dirty |= sets;
-        Flush(viaRun: false);
+        _dirty |= _valid & (level >= SyncLevel.Reset ? X86RegisterSets.All : X86RegisterSets.All & ~ResetLevel);
+        FlushWithIoctls();
     }
+
+    /// <inheritdoc cref="IRegisterSync.PostReset"/>
+    public void PostReset() => Push(SyncLevel.Reset);
+
+    /// <inheritdoc cref="IRegisterSync.PostInit"/>
+    public void PostInit() => Push(SyncLevel.Full);
 
     /// <inheritdoc/>
     public void Invalidate()
     {
-        Flush(viaRun: false);
+        FlushWithIoctls();
         _valid = 0;
     }
 
-    /// <summary>
-    /// Writes back every dirty set. With <paramref name="viaRun"/>, the sync-capable ones are only
-    /// flagged in <c>kvm_dirty_regs</c> for the coming KVM_RUN to load.
-    /// </summary>
-    private void Flush(bool viaRun)
+    /// <summary>Writes every dirty set now, including sets only flagged in <c>kvm_dirty_regs</c> for a run that has not happened.</summary>
+    private void FlushWithIoctls()
     {
-        var dirty = _dirty;
-        if (dirty == 0) return;
-        // MP state first: setting it can change CS:RIP on a real reset (INIT/SIPI), and explicit
-        // register values written alongside must win.
-        if ((dirty & X86RegisterSets.MpState) != 0) Set(KvmIoctls.KVM_SET_MP_STATE, _mpState.Address, X86RegisterSets.MpState);
-        if ((dirty & X86RegisterSets.Xcrs) != 0) Set(KvmIoctls.X86.KVM_SET_XCRS, _xcrs.Address, X86RegisterSets.Xcrs);
-        var syncable = dirty & SyncCapable;
-        if (syncable != 0)
+        if (_useSyncRegs)
         {
-            if (_useSyncRegs && viaRun)
-            {
-                _vcpu.RunDirtyRegs |= (ulong)syncable;
-                _dirty &= ~syncable;
-            }
-            else
-            {
-                var block = SyncBlock;
-                // Sregs before GPRs: CR0/EFER changes must be in place before RIP/RFLAGS are checked.
-                if ((syncable & X86RegisterSets.Sregs) != 0) Set(KvmIoctls.X86.KVM_SET_SREGS, block.Address + SregsOffset, X86RegisterSets.Sregs);
-                if ((syncable & X86RegisterSets.Gprs) != 0) Set(KvmIoctls.X86.KVM_SET_REGS, block.Address + RegsOffset, X86RegisterSets.Gprs);
-                if ((syncable & X86RegisterSets.Events) != 0) Set(KvmIoctls.X86.KVM_SET_VCPU_EVENTS, block.Address + EventsOffset, X86RegisterSets.Events);
-            }
+            // Sets handed to kvm_run but not yet loaded by a KVM_RUN: write them now, or a fetch
+            // into the same kvm_run block would overwrite them.
+            var pending = (X86RegisterSets)(long)_vcpu.RunDirtyRegs & SyncCapable;
+            _dirty |= pending;
+            _vcpu.RunDirtyRegs &= ~(ulong)pending;
         }
+        foreach (var set in Each(_dirty))
+            Write(set);
     }
 
-    private void Set(KvmIoctl ioctl, nint address, X86RegisterSets set)
+    private void Write(X86RegisterSets set)
     {
+        var (_, ioctl, address) = Transport(set);
         int r = _kernel.Ioctl(_vcpu.Fd, ioctl, address);
         if (r < 0) ThrowHelper.ThrowKvm(ioctl, r, $"vcpu {_vcpu.Id}");
+        if (ioctl == KvmIoctls.X86.KVM_SET_MSRS)
+        {
+            // KVM_SET_MSRS returns how many entries it applied; a short count names the first refused MSR.
+            var view = set == X86RegisterSets.RuntimeMsrs ? _runtimeMsrs : _resetMsrs;
+            int n = (int)view.At<kvm_msrs>(0).nmsrs;
+            if (r < n)
+                throw new KvmException(ioctl.Name, Errno.EINVAL,
+                    $"vcpu {_vcpu.Id}: KVM applied {r} of {n} MSRs and refused MSR 0x{view.At<kvm_msr_entry>(8 + 16 * r).index:X} (value 0x{view.At<kvm_msr_entry>(8 + 16 * r).data:X})");
+        }
         _dirty &= ~set;
     }
 
-    /// <summary>Before KVM_RUN: write back dirty sets (sync-capable ones through <c>kvm_dirty_regs</c>).</summary>
+    /// <inheritdoc/>
+    public RegisterState SaveState()
+    {
+        Synchronize();
+        var sets = new SortedDictionary<ulong, byte[]>();
+        foreach (var set in Each(X86RegisterSets.All))
+            sets[(ulong)set] = Bytes(set).ToArray();
+        return new RegisterState(KvmArchitecture.X86_64, sets);
+    }
+
+    /// <inheritdoc/>
+    public void RestoreState(RegisterState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (state.Architecture != KvmArchitecture.X86_64)
+            throw new ArgumentException($"Cannot restore {state.Architecture} registers into an x86_64 vCPU.", nameof(state));
+        foreach (var set in Each(X86RegisterSets.All))
+        {
+            if (!state.TryGet((ulong)set, out var bytes) || bytes.Length != Bytes(set).Length)
+                throw new ArgumentException($"The state lacks register set {set} or it has another size.", nameof(state));
+        }
+        foreach (var set in Each(X86RegisterSets.All))
+        {
+            _ = state.TryGet((ulong)set, out var bytes);
+            bytes.CopyTo(Bytes(set));
+        }
+        _valid = X86RegisterSets.All;
+        _dirty = X86RegisterSets.All;
+        Flush(viaRun: true);
+    }
+
+    private Span<byte> Bytes(X86RegisterSets set) => set switch
+    {
+        X86RegisterSets.Gprs => SyncBlock.Span.Slice(RegsOffset, 144),
+        X86RegisterSets.Sregs => SyncBlock.Span.Slice(SregsOffset, 312),
+        X86RegisterSets.Events => SyncBlock.Span.Slice(EventsOffset, 64),
+        X86RegisterSets.Xcrs => _xcrs.Span,
+        X86RegisterSets.MpState => _mpState.Span,
+        X86RegisterSets.Xsave => _xsave.Span,
+        X86RegisterSets.DebugRegs => _debugRegs.Span,
+        X86RegisterSets.RuntimeMsrs => _runtimeMsrs.Span,
+        X86RegisterSets.ResetMsrs => _resetMsrs.Span,
+        _ => throw new ArgumentOutOfRangeException(nameof(set)),
+    };
+
+    /// <summary>
+    /// Writes back every dirty set: the sync-capable ones, when sync regs are on, only by flagging
+    /// them in <c>kvm_dirty_regs</c> for the coming KVM_RUN to load (no ioctl).
+    /// </summary>
+    private void Flush(bool viaRun)
+    {
+        if (viaRun && _useSyncRegs)
+        {
+            var syncable = _dirty & SyncCapable;
+            _vcpu.RunDirtyRegs |= (ulong)syncable;
+            _dirty &= ~syncable;
+        }
+        foreach (var set in Each(_dirty))
+            Write(set);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void BeforeRun()
+    void IRunHooks.BeforeRun()
     {
         if (_dirty != 0) Flush(viaRun: true);
     }
 
-    /// <summary>After KVM_RUN: the run may have changed everything; what the kernel stored in <c>kvm_run</c> is valid.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void AfterRun() => _valid = _useSyncRegs ? _syncOnExit : 0;
+    void IRunHooks.AfterRun(int result)
+    {
+        // The run may have changed everything; what the kernel stored in kvm_run is fresh. A set
+        // still flagged in kvm_dirty_regs (the run failed before loading it) keeps its cached value.
+        var kept = _useSyncRegs ? (X86RegisterSets)(long)_vcpu.RunDirtyRegs & SyncCapable : 0;
+        _valid = (_useSyncRegs ? _syncOnExit : 0) | kept;
+    }
 
-    internal void Release() => _shadow.Dispose();
+    void IRunHooks.Release() => _shadow.Dispose();
 }

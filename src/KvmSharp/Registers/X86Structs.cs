@@ -102,3 +102,30 @@ public enum MpState : uint
     /// <summary>KVM_MP_STATE_SUSPENDED (arm64).</summary>
     Suspended = 10,
 }
+
+/// <summary>Pending x86 events: exceptions, interrupts, NMI, SMI (the layout of <c>struct kvm_vcpu_events</c>).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 64)]
+public struct X86VcpuEvents
+{
+#pragma warning disable CS1591 // field names follow struct kvm_vcpu_events
+    public byte ExceptionInjected, ExceptionNr, ExceptionHasErrorCode, ExceptionPending;
+    public uint ExceptionErrorCode;
+    public byte InterruptInjected, InterruptNr, InterruptSoft, InterruptShadow;
+    public byte NmiInjected, NmiPending, NmiMasked, NmiPad;
+    public uint SipiVector;
+    public uint Flags;
+    public byte SmiSmm, SmiPending, SmiInsideNmi, SmiLatchedInit;
+    public byte TripleFaultPending;
+#pragma warning restore CS1591
+}
+
+/// <summary>x86 debug registers (the layout of <c>struct kvm_debugregs</c>).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 128)]
+public struct X86DebugRegisters
+{
+#pragma warning disable CS1591 // register names document themselves
+    public ulong Dr0, Dr1, Dr2, Dr3, Dr6, Dr7;
+#pragma warning restore CS1591
+    /// <summary>KVM_DEBUGREGS flags; keep 0.</summary>
+    public ulong Flags;
+}
