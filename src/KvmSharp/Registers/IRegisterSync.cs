@@ -59,8 +59,9 @@ public interface IRegisterSync
 
     /// <summary>
     /// Writes back every cached set whose level is at most <paramref name="level"/> (dirty or not) and
-    /// every dirty set, now, with ioctls. <see cref="SyncLevel.Reset"/> is QEMU's <c>post_reset</c>,
-    /// <see cref="SyncLevel.Full"/> its <c>post_init</c>.
+    /// every dirty set. <see cref="SyncLevel.Reset"/> is QEMU's <c>post_reset</c>, <see cref="SyncLevel.Full"/>
+    /// its <c>post_init</c>. Sets the architecture can only hand over in <c>kvm_run</c> (s390x) are
+    /// flagged there and loaded by the kernel at the next entry; all others are written now with ioctls.
     /// </summary>
     /// <exception cref="KvmException">A set ioctl failed; the sets not yet written stay dirty.</exception>
     void Push(SyncLevel level);

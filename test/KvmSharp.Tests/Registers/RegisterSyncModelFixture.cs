@@ -148,9 +148,9 @@ internal abstract class RegisterSyncModelFixture
         Regs.Synchronize();
         Model.ResetCounts();
         Regs.PostReset();
+        Cpu.Run(); // sets handed over in kvm_run are loaded at this entry
         Assert.That(LevelWrites(SyncLevel.Reset), Is.GreaterThan(0), "PostReset writes reset-level state");
         Assert.That(LevelWrites(SyncLevel.Full), Is.EqualTo(0), "PostReset does not write full-level state");
-        Cpu.Run(); // sets pushed through kvm_run are applied on entry
 
         Regs.Synchronize();
         Model.ResetCounts();
