@@ -257,6 +257,18 @@ public sealed class VirtualMachine : IDisposable
     }
 
     /// <summary>
+    /// Creates the in-kernel interrupt controller (x86: PIC, IOAPIC and a local APIC per vCPU; call it
+    /// before creating vCPUs). With it, HLT waits in the kernel instead of exiting. Wraps
+    /// KVM_CREATE_IRQCHIP; needs KVM_CAP_IRQCHIP.
+    /// </summary>
+    /// <exception cref="KvmException">The ioctl failed (e.g. EEXIST when called twice).</exception>
+    public void CreateIrqChip()
+    {
+        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_CREATE_IRQCHIP, 0);
+        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_CREATE_IRQCHIP, r);
+    }
+
+    /// <summary>
     /// Tells KVM where 3 pages of guest-physical address space may hold the TSS it needs for real mode
     /// on Intel VMX. Wraps KVM_SET_TSS_ADDR (x86); needs KVM_CAP_SET_TSS_ADDR.
     /// </summary>

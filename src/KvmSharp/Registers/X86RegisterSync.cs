@@ -50,6 +50,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     private X86RegisterSets _syncOnExit = X86RegisterSets.Gprs;
     private X86RegisterSets _valid;
     private X86RegisterSets _dirty;
+    private bool _accessPending;
 
     internal X86RegisterSync(Vcpu vcpu, MappedMemoryHandle run, int syncRegsCapability)
     {
@@ -227,7 +228,9 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     public void SetXmm(int index, UInt128 value)
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)index, 15u, nameof(index));
-        System.Runtime.InteropServices.MemoryMarshal.Write(EditXsave().Slice(160 + 16 * index, 16), in value);
+        var xsave = EditXsave();
+        System.Runtime.InteropServices.MemoryMarshal.Write(xsave.Slice(160 + 16 * index, 16), in value);
+        xsave[512] |= 0x2; // XSTATE_BV.SSE: without it XRSTOR treats the SSE state as initial (zero)
     }
 
     private int Edit(X86RegisterSets set, int offset)
@@ -391,12 +394,16 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     private void FetchSlow(X86RegisterSets missing)
     {
         // Each set is marked valid as soon as it arrives, so a failure leaves the others consistent.
-        foreach (var set in Each(missing))
+        foreach (var set in Each(missing, FetchOrder))
         {
             var (get, _, address) = Transport(set);
             int r = _kernel.Ioctl(_vcpu.Fd, get, address);
             if (r < 0) ThrowHelper.ThrowKvm(get, r, $"vcpu {_vcpu.Id}");
             _valid |= set;
+            // KVM_GET_MP_STATE first accepts pending INIT/SIPI events, which can move CS:RIP: what
+            // the cache held of GPRs and special registers (unless dirty) is stale now.
+            if (set == X86RegisterSets.MpState)
+                _valid &= ~((X86RegisterSets.Gprs | X86RegisterSets.Sregs) & ~_dirty & ~missing);
         }
     }
 
@@ -414,17 +421,26 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         _ => throw new ArgumentOutOfRangeException(nameof(set), set, "not a single register set"),
     };
 
-    // Write-back order: MP state first (on a real INIT/SIPI it moves CS:RIP; explicit values must win),
-    // special registers before GPRs (CR0/EFER before RIP/RFLAGS), then the rest as QEMU orders them.
-    private static readonly X86RegisterSets[] FlushOrder =
+    // Read order (QEMU's kvm_arch_get_registers): events and MP state before the registers they can change.
+    private static readonly X86RegisterSets[] FetchOrder =
     [
-        X86RegisterSets.MpState, X86RegisterSets.Sregs, X86RegisterSets.Gprs, X86RegisterSets.Xsave, X86RegisterSets.Xcrs,
-        X86RegisterSets.RuntimeMsrs, X86RegisterSets.ResetMsrs, X86RegisterSets.Events, X86RegisterSets.DebugRegs,
+        X86RegisterSets.Events, X86RegisterSets.MpState, X86RegisterSets.Gprs, X86RegisterSets.Xsave, X86RegisterSets.Xcrs,
+        X86RegisterSets.Sregs, X86RegisterSets.RuntimeMsrs, X86RegisterSets.ResetMsrs, X86RegisterSets.DebugRegs,
     ];
 
-    private static IEnumerable<X86RegisterSets> Each(X86RegisterSets sets)
+    // Write order (QEMU's kvm_arch_put_registers): special registers before GPRs (CR0/EFER before
+    // RIP/RFLAGS), MP state after special registers and events, because KVM_SET_SREGS (a BSP put in
+    // its reset state) and KVM_SET_VCPU_EVENTS (a latched INIT) can themselves change the MP state.
+    private static readonly X86RegisterSets[] FlushOrder =
+    [
+        X86RegisterSets.Sregs, X86RegisterSets.Gprs, X86RegisterSets.Xsave, X86RegisterSets.Xcrs,
+        X86RegisterSets.RuntimeMsrs, X86RegisterSets.ResetMsrs, X86RegisterSets.Events, X86RegisterSets.MpState,
+        X86RegisterSets.DebugRegs,
+    ];
+
+    private static IEnumerable<X86RegisterSets> Each(X86RegisterSets sets, X86RegisterSets[]? order = null)
     {
-        foreach (var s in FlushOrder)
+        foreach (var s in order ?? FlushOrder)
             if ((sets & s) != 0) yield return s;
     }
 
@@ -491,9 +507,25 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         _dirty &= ~set;
     }
 
+    /// <summary>
+    /// After an I/O or MMIO exit KVM finishes the instruction (stores an IN's data, advances RIP) only
+    /// at the next KVM_RUN. Do that now, without running guest code, so that the state captured or
+    /// overwritten next is the state after the instruction (api.rst: "KVM_RUN with immediate_exit").
+    /// </summary>
+    private void CompletePendingAccess()
+    {
+        if (!_accessPending) return;
+        Flush(viaRun: true);
+        _vcpu.CompletePendingAccess();
+        _accessPending = false;
+        AfterRunCore();
+    }
+
     /// <inheritdoc/>
+    /// <remarks>A pending I/O or MMIO access is completed first (a KVM_RUN with immediate_exit), so the state is that after the instruction.</remarks>
     public RegisterState SaveState()
     {
+        CompletePendingAccess();
         Synchronize();
         var sets = new SortedDictionary<ulong, byte[]>();
         foreach (var set in Each(X86RegisterSets.All))
@@ -512,6 +544,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
             if (!state.TryGet((ulong)set, out var bytes) || bytes.Length != Bytes(set).Length)
                 throw new ArgumentException($"The state lacks register set {set} or it has another size.", nameof(state));
         }
+        CompletePendingAccess(); // or KVM's completion of the last exit would act on the restored state
         foreach (var set in Each(X86RegisterSets.All))
         {
             _ = state.TryGet((ulong)set, out var bytes);
@@ -542,7 +575,11 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// </summary>
     private void Flush(bool viaRun)
     {
-        if (viaRun && _useSyncRegs)
+        // An MP state other than RUNNABLE must reach KVM after the special registers and events
+        // (see FlushOrder), and a set handed to kvm_run is only loaded at the next entry: write
+        // them with ioctls then. Restores of running vCPUs (RUNNABLE) keep the ioctl-free path.
+        bool orderMatters = (_dirty & X86RegisterSets.MpState) != 0 && _mpState.At<uint>(0) != (uint)MpState.Runnable;
+        if (viaRun && _useSyncRegs && !orderMatters)
         {
             var syncable = _dirty & SyncCapable;
             _vcpu.RunDirtyRegs |= (ulong)syncable;
@@ -560,6 +597,14 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void IRunHooks.AfterRun(int result)
+    {
+        uint reason = _vcpu.LastExitReason;
+        _accessPending = result >= 0 && (reason == (uint)VcpuExitReason.Io || reason == (uint)VcpuExitReason.Mmio);
+        AfterRunCore();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void AfterRunCore()
     {
         // The run may have changed everything; what the kernel stored in kvm_run is fresh. A set
         // still flagged in kvm_dirty_regs (the run failed before loading it) keeps its cached value.
