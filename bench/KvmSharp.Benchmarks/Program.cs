@@ -1,24 +1,24 @@
-using BenchmarkDotNet.Configs;
-using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Running;
-using BenchmarkDotNet.Toolchains.InProcess.Emit;
 
 namespace KvmSharp.Benchmarks;
 
 /// <summary>
 /// Entry point: <c>dotnet run -c Release --project bench/KvmSharp.Benchmarks -- --filter '*PioExit*'</c>
-/// (add <c>--job dry</c> for a few-second smoke run, <c>--job short</c> for a quick estimate).
+/// (add <c>--job dry</c> for a smoke run of a few seconds, <c>--job short</c> for a quick estimate).
 /// </summary>
 public static class Program
 {
-    public static void Main(string[] args)
+    /// <returns>0, or 1 when a benchmark failed (so that a CI smoke run notices).</returns>
+    public static int Main(string[] args)
     {
         // BenchmarkDotNet 0.14 has no net10.0 toolchain, so it cannot generate and build a separate
-        // benchmark project. Run in this process instead. The job is marked as the default job, so
-        // jobs chosen on the command line (--job dry/short/medium…) are derived from it and keep the
-        // in-process toolchain.
-        var config = DefaultConfig.Instance
-            .AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).AsDefault());
-        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
+        // benchmark project: run in this process (InProcessEmitToolchain) instead. This is done with
+        // the --inProcess switch rather than a job in a global config, because a global default job
+        // would replace whatever --job (dry/short/medium…) was asked for on the command line.
+        if (!args.Any(a => a is "--inProcess" or "-i"))
+            args = ["--inProcess", .. args];
+        var summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+        bool failed = summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success));
+        return failed ? 1 : 0;
     }
 }
