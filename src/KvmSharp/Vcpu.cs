@@ -1,4 +1,6 @@
+using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
 using KvmSharp.Registers;
@@ -10,8 +12,16 @@ namespace KvmSharp;
 /// Created by <see cref="VirtualMachine.CreateVcpu"/>.
 /// </summary>
 /// <remarks>
-/// Thread safety: a vCPU belongs to one thread at a time. <see cref="Run"/>, the exit view it
-/// returns, and register access must not be used concurrently from several threads.
+/// <para>Thread rules. One thread at a time <i>owns</i> the vCPU: the thread inside <see cref="Run()"/>
+/// (and while it uses the returned exit view), or a thread running an <see cref="Invoke"/> action.
+/// Register access from any other thread while the vCPU is owned throws
+/// <see cref="InvalidOperationException"/>; use <see cref="Invoke"/>/<see cref="InvokeAsync"/> to run code
+/// on the owning thread between runs. <see cref="RequestExit"/>, <see cref="Invoke"/>,
+/// <see cref="InvokeAsync"/> and <see cref="Dispose"/> may be called from any thread at any time.</para>
+/// <para>Kicking: <see cref="RequestExit"/> sets <c>kvm_run.immediate_exit</c> and sends the running
+/// thread the kick signal (<see cref="KickSignal"/>, by default SIGRTMAX-2), which every thread that
+/// runs a vCPU keeps blocked in user space and KVM_SET_SIGNAL_MASK unblocks inside KVM_RUN. No
+/// signal handler is installed, managed or native.</para>
 /// </remarks>
 public sealed class Vcpu : IDisposable
 {
@@ -23,6 +33,16 @@ public sealed class Vcpu : IDisposable
     private readonly StructView _syncHeader;
     private readonly IRegisterSync _registers;
     private readonly IRunHooks _hooks;
+    private readonly ConcurrentQueue<InvokeItem> _invokes = new();
+    private readonly Lock _timerLock = new();
+    private Timer? _timer;
+    private int _timerState; // 0 idle, 1 armed, 2 fired
+    private int _owner;      // managed thread id of the owning thread, 0 when free
+    private int _runningTid; // OS thread id while inside (or about to enter) KVM_RUN, 0 otherwise
+    private int _kickers;    // threads between reading _runningTid and sending the signal
+    private int _exitRequested;
+    private bool _signalMaskSet;
+    private int _disposing;
     private bool _disposed;
 
     internal Vcpu(VirtualMachine vm, int id, KvmFdHandle fd, MappedMemoryHandle run)
@@ -71,32 +91,92 @@ public sealed class Vcpu : IDisposable
     /// <summary>True once disposed.</summary>
     public bool IsDisposed => _disposed;
 
+    /// <summary>True while a thread is inside <see cref="Run()"/> for this vCPU.</summary>
+    public bool IsRunning => Volatile.Read(ref _runningTid) != 0;
+
+    /// <summary>
+    /// The real-time signal used to kick vCPU threads out of KVM_RUN: SIGRTMAX-2 unless changed with
+    /// <see cref="SetKickSignal"/>. The .NET runtime uses SIGRTMIN; pick another if a native library in
+    /// the process uses this one.
+    /// </summary>
+    public static int KickSignalNumber => KickSignal.Number;
+
+    /// <summary>Chooses the kick signal; allowed only before any vCPU has run.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Not a real-time signal.</exception>
+    /// <exception cref="InvalidOperationException">Another signal is in use already.</exception>
+    public static void SetKickSignal(int signal) => KickSignal.Set(signal);
+
     /// <summary>The register cache, whatever the architecture (see <see cref="IRegisterSync"/>).</summary>
-    public IRegisterSync Registers => _registers;
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU (it is running): use <see cref="Invoke"/>.</exception>
+    public IRegisterSync Registers
+    {
+        get
+        {
+            CheckAccess();
+            return _registers;
+        }
+    }
 
     /// <summary>The x86 register cache.</summary>
     /// <exception cref="PlatformNotSupportedException">The vCPU is not x86_64.</exception>
-    public X86RegisterSync X86 => _registers as X86RegisterSync ?? throw NotArch(KvmArchitecture.X86_64);
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU: use <see cref="Invoke"/>.</exception>
+    public X86RegisterSync X86
+    {
+        get
+        {
+            CheckAccess();
+            return _registers as X86RegisterSync ?? throw NotArch(KvmArchitecture.X86_64);
+        }
+    }
 
     /// <summary>The arm64 register cache.</summary>
     /// <exception cref="PlatformNotSupportedException">The vCPU is not arm64.</exception>
-    public Arm64RegisterSync Arm64 => _registers as Arm64RegisterSync ?? throw NotArch(KvmArchitecture.Arm64);
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU: use <see cref="Invoke"/>.</exception>
+    public Arm64RegisterSync Arm64
+    {
+        get
+        {
+            CheckAccess();
+            return _registers as Arm64RegisterSync ?? throw NotArch(KvmArchitecture.Arm64);
+        }
+    }
 
     /// <summary>The s390x register cache.</summary>
     /// <exception cref="PlatformNotSupportedException">The vCPU is not s390x.</exception>
-    public S390xRegisterSync S390x => _registers as S390xRegisterSync ?? throw NotArch(KvmArchitecture.S390x);
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU: use <see cref="Invoke"/>.</exception>
+    public S390xRegisterSync S390x
+    {
+        get
+        {
+            CheckAccess();
+            return _registers as S390xRegisterSync ?? throw NotArch(KvmArchitecture.S390x);
+        }
+    }
 
     private PlatformNotSupportedException NotArch(KvmArchitecture wanted) =>
         new($"{wanted} registers requested on a {Architecture} vCPU.");
+
+    /// <summary>Throws when another thread owns the vCPU (register caches call this on every fetch and write).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void CheckAccess()
+    {
+        int owner = Volatile.Read(ref _owner);
+        if (owner != 0 && owner != Environment.CurrentManagedThreadId) ThrowWrongThread(owner);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowWrongThread(int owner) =>
+        throw new InvalidOperationException(
+            $"vCPU {Id} is owned by managed thread {owner} (running or in an Invoke); access its registers from that thread, or through Vcpu.Invoke/InvokeAsync.");
 
     internal ref ulong RunValidRegs => ref _syncHeader.At<ulong>(0);
 
     internal ref ulong RunDirtyRegs => ref _syncHeader.At<ulong>(8);
 
     /// <summary>
-    /// Whether the next <see cref="Run"/> returns at once with <see cref="VcpuExitReason.Interrupted"/>
+    /// Whether the next <see cref="Run()"/> returns at once with <see cref="VcpuExitReason.Interrupted"/>
     /// (<c>kvm_run.immediate_exit</c>; needs KVM_CAP_IMMEDIATE_EXIT). Used to complete a pending I/O or
-    /// MMIO exit without running guest code.
+    /// MMIO exit without running guest code. <see cref="RequestExit"/> sets it from any thread.
     /// </summary>
     public bool ImmediateExit
     {
@@ -119,33 +199,306 @@ public sealed class Vcpu : IDisposable
         return _run.Slice(0, _runLength);
     }
 
+    // ---- running -----------------------------------------------------------------------------
+
     /// <summary>
     /// Writes back dirty registers, runs guest code until the next exit, and returns a view of the
     /// exit. Wraps KVM_RUN. Allocates nothing.
     /// </summary>
-    /// <returns>A view into <c>kvm_run</c>, valid until the next call to <see cref="Run"/> or disposal.</returns>
+    /// <returns>A view into <c>kvm_run</c>, valid until the next call to <see cref="Run()"/> or disposal.</returns>
     /// <remarks>
-    /// A signal or <see cref="ImmediateExit"/> makes KVM_RUN fail with EINTR; that is reported as
-    /// <see cref="VcpuExitReason.Interrupted"/>, not thrown. Whatever the guest does is an exit,
-    /// never an exception.
+    /// A signal, <see cref="RequestExit"/> or <see cref="ImmediateExit"/> makes KVM_RUN fail with EINTR;
+    /// that is reported as <see cref="VcpuExitReason.Interrupted"/>, not thrown. Kicks made only to run
+    /// <see cref="Invoke"/> actions are absorbed: the actions run on this thread and the guest resumes.
+    /// Whatever the guest does is an exit, never an exception.
     /// </remarks>
     /// <exception cref="KvmException">KVM_RUN failed for another reason (e.g. EFAULT for a slot whose
     /// memory vanished, EINVAL for invalid register state, ENOEXEC for an uninitialised arm64 vCPU).</exception>
-    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    /// <exception cref="InvalidOperationException">Another thread is running this vCPU.</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed or being disposed.</exception>
     public VcpuExit Run()
     {
-        if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-        _hooks.BeforeRun();
-        int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-        _hooks.AfterRun(r);
-        var run = _run.Slice(0, _runLength);
-        if (r < 0)
+        int me = Environment.CurrentManagedThreadId;
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        if (Interlocked.CompareExchange(ref _owner, me, 0) != 0) ThrowOwned(me);
+        try
         {
-            if (r != -Errno.EINTR) ThrowRunFailed(r);
-            // KVM leaves exit_reason stale on EINTR; report the interruption itself.
-            System.Runtime.InteropServices.MemoryMarshal.Write(run.Slice(8, 4), (uint)VcpuExitReason.Interrupted);
+            if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+            int tid = PrepareThread();
+            var run = _run.Slice(0, _runLength);
+            while (true)
+            {
+                if (!_invokes.IsEmpty) RunInvokes();
+                _hooks.BeforeRun();
+                // PERF: one interlocked write to publish the thread, one to withdraw it; KVM_RUN itself
+                // is a full barrier, so a RequestExit either sees the thread or its immediate_exit is seen.
+                Interlocked.Exchange(ref _runningTid, tid);
+                int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+                Interlocked.Exchange(ref _runningTid, 0);
+                // A kicker that read our tid before we withdrew it is sending the signal now: wait for
+                // it, so this thread never leaves (and its tid is never reused) under a pending tgkill.
+                while (Volatile.Read(ref _kickers) != 0) Thread.SpinWait(1);
+                _hooks.AfterRun(r);
+                if (r >= 0) break;
+                if (r != -Errno.EINTR) ThrowRunFailed(r);
+                // Interrupted: consume the kick signal (it stays pending after KVM_RUN), clear the request.
+                KickSignal.Drain();
+                run[1] = 0;
+                bool requested = Interlocked.Exchange(ref _exitRequested, 0) != 0;
+                if (!requested && !_invokes.IsEmpty) continue; // kicked only to run Invoke actions
+                // KVM leaves exit_reason stale on EINTR; report the interruption itself.
+                MemoryMarshal.Write(run.Slice(8, 4), (uint)VcpuExitReason.Interrupted);
+                break;
+            }
+            return new VcpuExit(run, Architecture);
         }
-        return new VcpuExit(run, Architecture);
+        finally
+        {
+            Release();
+        }
+    }
+
+    /// <summary>
+    /// Runs like <see cref="Run()"/>, but returns <see cref="VcpuExitReason.Interrupted"/> once
+    /// <paramref name="timeout"/> has passed (built on <see cref="RequestExit"/>).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A negative timeout other than <see cref="Timeout.InfiniteTimeSpan"/>.</exception>
+    /// <inheritdoc cref="Run()" path="/exception"/>
+    public VcpuExit Run(TimeSpan timeout)
+    {
+        if (timeout == Timeout.InfiniteTimeSpan) return Run();
+        ArgumentOutOfRangeException.ThrowIfLessThan(timeout, TimeSpan.Zero);
+        var timer = _timer ??= new Timer(static s => ((Vcpu)s!).OnTimer(), this, Timeout.Infinite, Timeout.Infinite);
+        lock (_timerLock) _timerState = 1;
+        timer.Change(timeout, Timeout.InfiniteTimeSpan);
+        bool interrupted = false;
+        try
+        {
+            var exit = Run();
+            interrupted = exit.Reason == VcpuExitReason.Interrupted;
+            return exit;
+        }
+        finally
+        {
+            timer.Change(Timeout.Infinite, Timeout.Infinite);
+            bool fired;
+            lock (_timerLock)
+            {
+                fired = _timerState == 2;
+                _timerState = 0;
+            }
+            // The timer fired after the run had already exited for another reason: withdraw its request.
+            if (fired && !interrupted) CancelExitRequest();
+        }
+    }
+
+    private void OnTimer()
+    {
+        lock (_timerLock)
+        {
+            if (_timerState != 1) return;
+            _timerState = 2;
+            RequestExit();
+        }
+    }
+
+    /// <summary>
+    /// Runs like <see cref="Run()"/>, but returns <see cref="VcpuExitReason.Interrupted"/> when
+    /// <paramref name="cancellationToken"/> is cancelled (built on <see cref="RequestExit"/>).
+    /// A token already cancelled makes the run return at once.
+    /// </summary>
+    /// <inheritdoc cref="Run()" path="/exception"/>
+    public VcpuExit Run(CancellationToken cancellationToken)
+    {
+        if (!cancellationToken.CanBeCanceled) return Run();
+        using var registration = cancellationToken.UnsafeRegister(static s => ((Vcpu)s!).RequestExit(), this);
+        return Run();
+    }
+
+    /// <summary>
+    /// Makes the vCPU leave KVM_RUN: promptly if it is inside, at once if it is about to enter; a vCPU
+    /// not running is unaffected except that its next <see cref="Run()"/> returns at once (with
+    /// <see cref="VcpuExitReason.Interrupted"/>) unless <see cref="CancelExitRequest"/> is called first.
+    /// Callable from any thread, at any moment; never blocks. Needs KVM_CAP_IMMEDIATE_EXIT.
+    /// </summary>
+    public void RequestExit()
+    {
+        if (_disposed) return;
+        Volatile.Write(ref _exitRequested, 1);
+        Kick();
+    }
+
+    /// <summary>Withdraws a <see cref="RequestExit"/> that no run has consumed yet.</summary>
+    public void CancelExitRequest()
+    {
+        if (_disposed) return;
+        Volatile.Write(ref _exitRequested, 0);
+        if (Volatile.Read(ref _owner) == 0 && _invokes.IsEmpty) RunSpan()[1] = 0;
+    }
+
+    /// <summary>immediate_exit, then the signal to the thread inside KVM_RUN, if any.</summary>
+    private void Kick()
+    {
+        _run.Slice(0, 2)[1] = 1;
+        Interlocked.Increment(ref _kickers); // full barrier: immediate_exit is visible before we look for the thread
+        try
+        {
+            int tid = Volatile.Read(ref _runningTid);
+            if (tid != 0) KickSignal.Send(tid);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _kickers);
+        }
+    }
+
+    /// <summary>Blocks the kick signal in this thread (once per thread) and tells KVM to unblock it inside KVM_RUN (once per vCPU).</summary>
+    private unsafe int PrepareThread()
+    {
+        KickSignal.BlockInCurrentThread();
+        if (!_signalMaskSet)
+        {
+            using var buf = new NativeBuffer(sizeof(kvm_signal_mask) + Libc.KernelSigsetBytes);
+            var view = new StructView(buf, 0, (int)buf.ByteLength);
+            view.At<kvm_signal_mask>(0).len = Libc.KernelSigsetBytes;
+            view.At<ulong>(sizeof(kvm_signal_mask)) = KickSignal.RunMask();
+            int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_SET_SIGNAL_MASK, view.Address);
+            if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_SIGNAL_MASK, r, $"vcpu {Id}, unblocking signal {KickSignal.Number} inside KVM_RUN");
+            _signalMaskSet = true;
+        }
+        return Libc.gettid();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowOwned(int me)
+    {
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        int owner = Volatile.Read(ref _owner);
+        if (owner == me)
+            throw new InvalidOperationException($"vCPU {Id} is already owned by this thread (Run called from inside an Invoke action or recursively).");
+        throw new InvalidOperationException($"vCPU {Id} is being run by managed thread {owner}; one thread runs a vCPU at a time.");
+    }
+
+    /// <summary>Gives up ownership; runs any Invoke actions queued meanwhile (on this thread) before leaving.</summary>
+    private void Release()
+    {
+        Interlocked.Exchange(ref _owner, 0);
+        // An Invoke that queued while we owned the vCPU and failed to take it over is waiting:
+        // serve it now (Dekker with Invoke: both sides use full barriers).
+        while (!_invokes.IsEmpty && Volatile.Read(ref _disposing) == 0
+               && Interlocked.CompareExchange(ref _owner, Environment.CurrentManagedThreadId, 0) == 0)
+        {
+            try
+            {
+                RunInvokes();
+            }
+            finally
+            {
+                Interlocked.Exchange(ref _owner, 0);
+            }
+        }
+    }
+
+    // ---- Invoke --------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Runs <paramref name="action"/> on the thread that owns the vCPU, between two runs (QEMU's
+    /// <c>run_on_cpu</c>): if the vCPU is running, it is kicked out of KVM_RUN, the action runs on its
+    /// thread, and the guest resumes (the run does not return for this). If no thread owns the vCPU,
+    /// the action runs on the calling thread. Waits for the action; rethrows its exception.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    public void Invoke(Action<Vcpu> action)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        if (Volatile.Read(ref _owner) == Environment.CurrentManagedThreadId)
+        {
+            action(this); // already on the owning thread (e.g. from an exit handler or another action)
+            return;
+        }
+        var item = new InvokeItem(action, async: false);
+        Enqueue(item);
+        item.Wait();
+    }
+
+    /// <summary>
+    /// Like <see cref="Invoke"/>, but returns a task that completes (or faults) when the action has run.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    public Task InvokeAsync(Action<Vcpu> action)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        var item = new InvokeItem(action, async: true);
+        Enqueue(item);
+        return item.Task!;
+    }
+
+    private void Enqueue(InvokeItem item)
+    {
+        if (_disposed || Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        _invokes.Enqueue(item);
+        if (Interlocked.CompareExchange(ref _owner, Environment.CurrentManagedThreadId, 0) == 0)
+        {
+            // Nobody owns the vCPU: serve the queue here.
+            try
+            {
+                RunInvokes();
+            }
+            finally
+            {
+                Release();
+            }
+        }
+        else
+        {
+            Kick(); // the owner runs the queue between runs, or when it releases the vCPU
+        }
+    }
+
+    private void RunInvokes()
+    {
+        while (_invokes.TryDequeue(out var item)) item.Execute(this);
+    }
+
+    private sealed class InvokeItem(Action<Vcpu> action, bool async)
+    {
+        private readonly ManualResetEventSlim? _done = async ? null : new ManualResetEventSlim();
+        private readonly TaskCompletionSource? _tcs = async ? new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
+        private Exception? _error;
+
+        public Task? Task => _tcs?.Task;
+
+        public void Execute(Vcpu vcpu)
+        {
+            try
+            {
+                action(vcpu);
+                _tcs?.TrySetResult();
+            }
+            catch (Exception e)
+            {
+                _error = e;
+                _tcs?.TrySetException(e);
+            }
+            finally
+            {
+                _done?.Set();
+            }
+        }
+
+        public void Fail(Exception e)
+        {
+            _error = e;
+            _tcs?.TrySetException(e);
+            _done?.Set();
+        }
+
+        public void Wait()
+        {
+            _done!.Wait();
+            _done.Dispose();
+            if (_error is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(_error).Throw();
+        }
     }
 
     /// <summary>
@@ -164,7 +517,7 @@ public sealed class Vcpu : IDisposable
     }
 
     /// <summary>The raw <c>kvm_run.exit_reason</c> of the last run (stale after an EINTR).</summary>
-    internal uint LastExitReason => System.Runtime.InteropServices.MemoryMarshal.Read<uint>(_run.Slice(8, 4));
+    internal uint LastExitReason => MemoryMarshal.Read<uint>(_run.Slice(8, 4));
 
     /// <summary>The vCPU's <c>kvm_run</c> mapping, for the register strategies' views.</summary>
     internal MappedMemoryHandle RunMapping => _run;
@@ -197,14 +550,37 @@ public sealed class Vcpu : IDisposable
         if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.X86.KVM_SET_CPUID2, r, $"vcpu {Id}, {entries.Length} entries");
     }
 
-    /// <summary>Unmaps <c>kvm_run</c>, closes the vCPU fd and removes it from its VM. Idempotent.</summary>
+    /// <summary>
+    /// Releases the vCPU: if another thread is running it, kicks it and waits until its run has
+    /// returned, so no fd is closed under a running ioctl; then unmaps <c>kvm_run</c>, closes the fd
+    /// and removes the vCPU from its VM. Pending Invoke actions fail with <see cref="ObjectDisposedException"/>.
+    /// Idempotent; callable from any thread.
+    /// </summary>
     public void Dispose()
     {
-        if (_disposed) return;
+        if (Interlocked.Exchange(ref _disposing, 1) != 0)
+        {
+            while (!_disposed) Thread.Sleep(1); // another thread is disposing: wait for it
+            return;
+        }
+        int me = Environment.CurrentManagedThreadId;
+        bool ownedByMe = Volatile.Read(ref _owner) == me;
+        if (!ownedByMe)
+        {
+            var spin = new SpinWait();
+            while (Interlocked.CompareExchange(ref _owner, me, 0) != 0)
+            {
+                Kick();
+                spin.SpinOnce(sleep1Threshold: 20);
+            }
+        }
         _disposed = true;
+        while (_invokes.TryDequeue(out var item)) item.Fail(new ObjectDisposedException(GetType().FullName));
+        _timer?.Dispose();
         _hooks.Release();
         _run.Dispose();
         _fd.Dispose();
         _vm.OnVcpuDisposed(this);
+        if (!ownedByMe) Interlocked.Exchange(ref _owner, 0);
     }
 }

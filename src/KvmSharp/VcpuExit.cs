@@ -5,7 +5,7 @@ namespace KvmSharp;
 
 /// <summary>
 /// A view of one vCPU exit, straight into the vCPU's <c>kvm_run</c> page: no copy, no allocation.
-/// Valid until the next <see cref="Vcpu.Run"/> or the vCPU's disposal.
+/// Valid until the next <see cref="Vcpu.Run()"/> or the vCPU's disposal.
 /// </summary>
 /// <remarks>
 /// <see cref="Reason"/> says which typed view applies; asking for another throws

@@ -1,6 +1,6 @@
 namespace KvmSharp;
 
-/// <summary>Why <see cref="Vcpu.Run"/> returned: <c>kvm_run.exit_reason</c> (<c>KVM_EXIT_*</c>).</summary>
+/// <summary>Why <see cref="Vcpu.Run()"/> returned: <c>kvm_run.exit_reason</c> (<c>KVM_EXIT_*</c>).</summary>
 /// <remarks>Reasons the kernel adds later arrive as their raw number, which need not be a named member.</remarks>
 public enum VcpuExitReason : uint
 {

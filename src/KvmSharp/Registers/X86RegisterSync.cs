@@ -341,6 +341,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         }
         set
         {
+            _vcpu.CheckAccess();
             _mpState.At<uint>(0) = (uint)value;
             _valid |= X86RegisterSets.MpState;
             _dirty |= X86RegisterSets.MpState;
@@ -387,6 +388,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Fetch(X86RegisterSets sets)
     {
+        _vcpu.CheckAccess();
         var missing = sets & ~_valid;
         if (missing != 0) FetchSlow(missing);
     }

@@ -95,6 +95,13 @@ internal abstract unsafe class KernelModel : IKernel
                 }
                 return VmIoctl(vm, request, arg);
             case ModelVcpu vcpu:
+                if (request == KvmIoctls.KVM_SET_SIGNAL_MASK)
+                {
+                    // Same on every arch: a u32 length (8, the kernel's sigset size) and the mask.
+                    if (*(uint*)arg != 8) return Violation($"KVM_SET_SIGNAL_MASK with len {*(uint*)arg}", Errno.EINVAL);
+                    vcpu.SignalMask = *(ulong*)(arg + 4);
+                    return 0;
+                }
                 return VcpuIoctl(vcpu, request, arg);
             default:
                 return Violation($"{request.Name} on fd {fd}", Errno.ENOTTY);
@@ -144,6 +151,9 @@ internal sealed class ModelVm;
 internal sealed unsafe class ModelVcpu(int id)
 {
     public int Id { get; } = id;
+
+    /// <summary>The mask set with KVM_SET_SIGNAL_MASK (applied inside KVM_RUN), if any.</summary>
+    public ulong? SignalMask { get; set; }
 
     /// <summary>The mapped kvm_run (null until mapped).</summary>
     public byte* Run;

@@ -1,0 +1,80 @@
+using System.Runtime.InteropServices;
+
+namespace KvmSharp.Interop;
+
+/// <summary>
+/// The signal that kicks a vCPU thread out of KVM_RUN. A thread that runs a vCPU keeps it blocked
+/// in user space; KVM_SET_SIGNAL_MASK unblocks it only inside KVM_RUN, where it makes KVM_RUN
+/// return EINTR. Afterwards it is still pending (blocked again) and is consumed with
+/// <c>sigtimedwait</c>. No handler is ever installed, managed or native.
+/// </summary>
+internal static unsafe class KickSignal
+{
+    private static int s_signal;
+
+    [ThreadStatic] private static bool t_blocked;
+
+    /// <summary>The signal number: SIGRTMAX - 2 unless set before first use.</summary>
+    public static int Number
+    {
+        get
+        {
+            if (s_signal == 0) Interlocked.CompareExchange(ref s_signal, Libc.__libc_current_sigrtmax() - 2, 0);
+            return s_signal;
+        }
+    }
+
+    /// <summary>Sets the signal; only before any vCPU has run.</summary>
+    public static void Set(int signal)
+    {
+        int min = Libc.__libc_current_sigrtmin(), max = Libc.__libc_current_sigrtmax();
+        if (signal < min || signal > max)
+            throw new ArgumentOutOfRangeException(nameof(signal), signal, $"The kick signal must be a real-time signal, {min}..{max} here.");
+        if (Interlocked.CompareExchange(ref s_signal, signal, 0) != 0 && s_signal != signal)
+            throw new InvalidOperationException($"The kick signal is {s_signal} already: set it before the first vCPU runs.");
+    }
+
+    /// <summary>Blocks the kick signal in the calling thread (once per thread).</summary>
+    public static void BlockInCurrentThread()
+    {
+        if (t_blocked) return;
+        byte* set = stackalloc byte[Libc.UserSigsetBytes];
+        new Span<byte>(set, Libc.UserSigsetBytes).Clear();
+        AddTo(new Span<byte>(set, Libc.UserSigsetBytes), Number);
+        // SAFETY: set points to a zeroed glibc sigset_t on the stack; oldset may be null.
+        int r = Libc.pthread_sigmask(Libc.SIG_BLOCK, set, null);
+        if (r != 0) throw new KvmException("pthread_sigmask", r, $"blocking signal {Number}");
+        t_blocked = true;
+    }
+
+    /// <summary>
+    /// The calling thread's signal mask without the kick signal, in the kernel's 8-byte format, for
+    /// KVM_SET_SIGNAL_MASK: the mask KVM applies while the vCPU is inside KVM_RUN.
+    /// </summary>
+    public static ulong RunMask()
+    {
+        byte* current = stackalloc byte[Libc.UserSigsetBytes];
+        // SAFETY: a null set only queries the mask into 'current', a glibc sigset_t on the stack.
+        int r = Libc.pthread_sigmask(Libc.SIG_BLOCK, null, current);
+        if (r != 0) throw new KvmException("pthread_sigmask", r, "querying the thread's signal mask");
+        ulong mask = MemoryMarshal.Read<ulong>(new ReadOnlySpan<byte>(current, Libc.KernelSigsetBytes));
+        return mask & ~(1UL << (Number - 1));
+    }
+
+    /// <summary>Consumes every pending kick signal of the calling thread (never blocks).</summary>
+    public static void Drain()
+    {
+        byte* set = stackalloc byte[Libc.UserSigsetBytes];
+        byte* info = stackalloc byte[128];
+        new Span<byte>(set, Libc.UserSigsetBytes).Clear();
+        AddTo(new Span<byte>(set, Libc.UserSigsetBytes), Number);
+        long* zero = stackalloc long[2] { 0, 0 };
+        // SAFETY: set/info/zero are stack buffers of the sizes glibc expects (sigset_t, siginfo_t, timespec).
+        while (Libc.sigtimedwait(set, info, zero) > 0) { }
+    }
+
+    /// <summary>Sends the kick signal to thread <paramref name="tid"/> of this process; false if it is gone.</summary>
+    public static bool Send(int tid) => Libc.tgkill(Libc.getpid(), tid, Number) == 0;
+
+    private static void AddTo(Span<byte> set, int signal) => set[(signal - 1) / 8] |= (byte)(1 << ((signal - 1) % 8));
+}

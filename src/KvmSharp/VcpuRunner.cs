@@ -1,0 +1,194 @@
+using KvmSharp.Devices;
+
+namespace KvmSharp;
+
+/// <summary>Why <see cref="VcpuRunner.Run"/> returned.</summary>
+public enum RunStopReason
+{
+    /// <summary>The guest executed HLT (and there is no in-kernel irqchip to wait in).</summary>
+    Halted,
+    /// <summary>The vCPU shut down (x86 triple fault) or sent a shutdown/reset system event.</summary>
+    Shutdown,
+    /// <summary>A device called <see cref="IoContext.RequestStop"/>, or <see cref="VcpuRunner.RequestStop"/> was called.</summary>
+    StopRequested,
+    /// <summary>The timeout passed.</summary>
+    Timeout,
+    /// <summary>The cancellation token was cancelled.</summary>
+    Cancelled,
+    /// <summary><see cref="Vcpu.RequestExit"/> was called (by someone other than this runner).</summary>
+    ExitRequested,
+    /// <summary>An access no device claims, with <see cref="UnclaimedAccessPolicy.Stop"/>.</summary>
+    UnclaimedAccess,
+    /// <summary>An exit the loop does not handle (see <see cref="RunResult.LastExit"/>): internal error, debug, MSR…</summary>
+    UnhandledExit,
+}
+
+/// <summary>The outcome of <see cref="VcpuRunner.Run"/>.</summary>
+/// <param name="Reason">Why the loop stopped.</param>
+/// <param name="LastExit">The exit reason of the last run.</param>
+/// <param name="Address">For <see cref="RunStopReason.UnclaimedAccess"/>: the port or guest-physical address.</param>
+/// <param name="Exits">How many exits the loop handled, the last included.</param>
+public readonly record struct RunResult(RunStopReason Reason, VcpuExitReason LastExit, ulong Address, long Exits);
+
+/// <summary>
+/// A run loop for one vCPU: runs it, dispatches port I/O and MMIO exits to an <see cref="IoBus"/>,
+/// and stops on HLT, shutdown, a device's request, a timeout, cancellation, <see cref="Vcpu.RequestExit"/>,
+/// an unclaimed access (if so configured) or an exit it does not handle — returning why.
+/// </summary>
+/// <remarks>Use it on the thread that runs the vCPU; <see cref="RequestStop"/> may be called from any thread.</remarks>
+public sealed class VcpuRunner
+{
+    private readonly Lock _lock = new();
+    private int _stop;
+    private int _timedOut;
+    private int _cancelled;
+    private bool _armed;
+
+    /// <summary>Creates a runner for <paramref name="vcpu"/> dispatching to <paramref name="bus"/>.</summary>
+    public VcpuRunner(Vcpu vcpu, IoBus bus)
+    {
+        ArgumentNullException.ThrowIfNull(vcpu);
+        ArgumentNullException.ThrowIfNull(bus);
+        Vcpu = vcpu;
+        Bus = bus;
+    }
+
+    /// <summary>The vCPU this runner runs.</summary>
+    public Vcpu Vcpu { get; }
+
+    /// <summary>The bus exits are dispatched to.</summary>
+    public IoBus Bus { get; }
+
+    /// <summary>What to do with accesses no device claims (default <see cref="UnclaimedAccessPolicy.Ignore"/>).</summary>
+    public UnclaimedAccessPolicy UnclaimedPolicy { get; set; }
+
+    /// <summary>Makes the loop stop with <see cref="RunStopReason.StopRequested"/>: after the current exit's handling, or by kicking the vCPU. Any thread.</summary>
+    public void RequestStop()
+    {
+        Volatile.Write(ref _stop, 1);
+        Vcpu.RequestExit();
+    }
+
+    /// <summary>
+    /// Runs until a stop condition (see <see cref="RunStopReason"/>).
+    /// </summary>
+    /// <param name="timeout">How long at most; <see cref="Timeout.InfiniteTimeSpan"/> (default) for no limit.</param>
+    /// <param name="cancellationToken">Stops the loop when cancelled.</param>
+    /// <exception cref="KvmException">KVM_RUN failed.</exception>
+    public RunResult Run(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
+    {
+        Volatile.Write(ref _stop, 0);
+        Volatile.Write(ref _timedOut, 0);
+        Volatile.Write(ref _cancelled, 0);
+        lock (_lock) _armed = true;
+        var timer = timeout is { } t && t != Timeout.InfiniteTimeSpan
+            ? new Timer(static s => ((VcpuRunner)s!).OnTimeout(), this, t, Timeout.InfiniteTimeSpan)
+            : null;
+        var reg = cancellationToken.UnsafeRegister(static s => ((VcpuRunner)s!).OnCancel(), this);
+        try
+        {
+            return Loop();
+        }
+        finally
+        {
+            lock (_lock) _armed = false;
+            timer?.Dispose();
+            reg.Dispose();
+            // A timeout, cancellation or stop that fired after the loop ended for another reason left
+            // an exit request behind: withdraw it so that the vCPU's next run is not cut short.
+            if ((_timedOut | _cancelled | _stop) != 0) Vcpu.CancelExitRequest();
+        }
+    }
+
+    private RunResult Loop()
+    {
+        long exits = 0;
+        while (true)
+        {
+            if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, VcpuExitReason.Interrupted, 0, exits);
+            var exit = Vcpu.Run();
+            exits++;
+            switch (exit.Reason)
+            {
+                case VcpuExitReason.Io:
+                {
+                    var io = exit.Io;
+                    if (!Dispatch(isPort: true, io.Port, io.Size, io.Count, io.IsOut, io.Data)) return Unclaimed(exit.Reason, io.Port, exits);
+                    break;
+                }
+                case VcpuExitReason.Mmio:
+                {
+                    var m = exit.Mmio;
+                    if (!Dispatch(isPort: false, m.Address, m.Length, 1, m.IsWrite, m.Data)) return Unclaimed(exit.Reason, m.Address, exits);
+                    break;
+                }
+                case VcpuExitReason.Hlt:
+                    return new RunResult(RunStopReason.Halted, exit.Reason, 0, exits);
+                case VcpuExitReason.Shutdown:
+                    return new RunResult(RunStopReason.Shutdown, exit.Reason, 0, exits);
+                case VcpuExitReason.SystemEvent when exit.SystemEvent.Type is SystemEventType.Shutdown or SystemEventType.Reset or SystemEventType.Crash:
+                    return new RunResult(RunStopReason.Shutdown, exit.Reason, 0, exits);
+                case VcpuExitReason.Interrupted:
+                {
+                    if (Volatile.Read(ref _timedOut) != 0) return new RunResult(RunStopReason.Timeout, exit.Reason, 0, exits);
+                    if (Volatile.Read(ref _cancelled) != 0) return new RunResult(RunStopReason.Cancelled, exit.Reason, 0, exits);
+                    if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, exit.Reason, 0, exits);
+                    return new RunResult(RunStopReason.ExitRequested, exit.Reason, 0, exits);
+                }
+                case VcpuExitReason.IrqWindowOpen:
+                    break;
+                default:
+                    return new RunResult(RunStopReason.UnhandledExit, exit.Reason, 0, exits);
+            }
+            if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, exit.Reason, 0, exits);
+        }
+    }
+
+    private RunResult Unclaimed(VcpuExitReason reason, ulong address, long exits) =>
+        new(RunStopReason.UnclaimedAccess, reason, address, exits);
+
+    /// <summary>Hands each item of an access to the device claiming it; false when unclaimed under <see cref="UnclaimedAccessPolicy.Stop"/>.</summary>
+    private bool Dispatch(bool isPort, ulong address, int size, int count, bool write, Span<byte> data)
+    {
+        var device = Bus.Find(isPort, address, (ulong)size, out ulong offset);
+        var context = new IoContext(this, isPort, address);
+        if (device is null)
+        {
+            switch (UnclaimedPolicy)
+            {
+                case UnclaimedAccessPolicy.Stop: return false;
+                case UnclaimedAccessPolicy.ReadAllOnes: if (!write) data.Fill(0xFF); break;
+                default: if (!write) data.Clear(); break;
+            }
+            return true;
+        }
+        // String I/O: every item goes to the same port.
+        for (int i = 0; i < count; i++)
+        {
+            var item = data.Slice(i * size, size);
+            if (write) device.Write(context, offset, item);
+            else device.Read(context, offset, item);
+        }
+        return true;
+    }
+
+    private void OnTimeout()
+    {
+        lock (_lock)
+        {
+            if (!_armed) return;
+            Volatile.Write(ref _timedOut, 1);
+            Vcpu.RequestExit();
+        }
+    }
+
+    private void OnCancel()
+    {
+        lock (_lock)
+        {
+            if (!_armed) return;
+            Volatile.Write(ref _cancelled, 1);
+            Vcpu.RequestExit();
+        }
+    }
+}

@@ -1,0 +1,222 @@
+using Iced.Intel;
+using KvmSharp.Devices;
+using KvmSharp.Guests;
+using KvmSharp.Tests.Guests;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace KvmSharp.Tests;
+
+public class IoBusTests : KvmTestBase
+{
+    /// <summary>A register file: reads return what was last written at the offset; records accesses.</summary>
+    private sealed class Scratch(int size, Func<ulong, bool>? stopOnWrite = null) : IIoDevice
+    {
+        public readonly byte[] Bytes = new byte[size];
+        public readonly List<(bool Port, ulong Address, ulong Offset, int Length, bool Write)> Log = [];
+
+        public void Read(IoContext context, ulong offset, Span<byte> data)
+        {
+            lock (Log) Log.Add((context.IsPort, context.Address, offset, data.Length, false));
+            Bytes.AsSpan((int)offset, data.Length).CopyTo(data);
+        }
+
+        public void Write(IoContext context, ulong offset, ReadOnlySpan<byte> data)
+        {
+            lock (Log) Log.Add((context.IsPort, context.Address, offset, data.Length, true));
+            data.CopyTo(Bytes.AsSpan((int)offset));
+            if (stopOnWrite?.Invoke(offset) == true) context.RequestStop();
+        }
+    }
+
+    [Test]
+    public void PortAndMmioDevices_GetRelativeOffsets_AndTheLoopStopsOnHlt()
+    {
+        var ports = new Scratch(16);
+        var mmio = new Scratch(0x100);
+        var bus = new IoBus();
+        bus.MapPorts(0x3F8, 8, ports);
+        bus.MapMmio(0x2000_0000, 0x100, mmio);
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(dx, 0x3FB);
+            a.mov(al, 0x83);
+            a.@out(dx, al);          // port 0x3FB → offset 3
+            a.mov(rbx, 0x2000_0000UL);
+            a.mov(__dword_ptr[rbx + 0x80], 0xAABBCCDD);
+            a.mov(ecx, __dword_ptr[rbx + 0x80]);
+            a.mov(__dword_ptr[TestGuest.DataAddress], ecx);
+            a.hlt();
+        });
+        var result = new VcpuRunner(g.Cpu, bus).Run();
+        Assert.That(result.Reason, Is.EqualTo(RunStopReason.Halted));
+        Assert.That(result.Exits, Is.EqualTo(4));
+        Assert.That(ports.Log, Is.EqualTo(new[] { (true, 0x3FBUL, 3UL, 1, true) }));
+        Assert.That(ports.Bytes[3], Is.EqualTo(0x83));
+        Assert.That(mmio.Log, Is.EqualTo(new[] { (false, 0x2000_0080UL, 0x80UL, 4, true), (false, 0x2000_0080UL, 0x80UL, 4, false) }));
+        Assert.That(g.Ram.Read<uint>(TestGuest.DataAddress), Is.EqualTo(0xAABBCCDDu), "the device's data reached the guest");
+    }
+
+    [TestCase(UnclaimedAccessPolicy.Ignore, 0u)]
+    [TestCase(UnclaimedAccessPolicy.ReadAllOnes, 0xFFFFFFFFu)]
+    public void UnclaimedReads_FollowThePolicy(UnclaimedAccessPolicy policy, uint expected)
+    {
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(dx, 0x1234);
+            a.@in(eax, dx);
+            a.mov(__dword_ptr[TestGuest.DataAddress], eax);
+            a.hlt();
+        });
+        g.Ram.Write(TestGuest.DataAddress, 0x5A5A5A5Au);
+        var result = new VcpuRunner(g.Cpu, new IoBus()) { UnclaimedPolicy = policy }.Run();
+        Assert.That(result.Reason, Is.EqualTo(RunStopReason.Halted));
+        Assert.That(g.Ram.Read<uint>(TestGuest.DataAddress), Is.EqualTo(expected));
+    }
+
+    [Test]
+    public void UnclaimedAccess_WithStopPolicy_StopsNamingTheAddress()
+    {
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(rbx, 0x3000_0000UL);
+            a.mov(__byte_ptr[rbx + 5], 1);
+            a.hlt();
+        });
+        var result = new VcpuRunner(g.Cpu, new IoBus()) { UnclaimedPolicy = UnclaimedAccessPolicy.Stop }.Run();
+        Assert.That((result.Reason, result.LastExit, result.Address), Is.EqualTo((RunStopReason.UnclaimedAccess, VcpuExitReason.Mmio, 0x3000_0005UL)));
+    }
+
+    [Test]
+    public void ADevice_CanStopTheLoop_AndTimeoutsAndShutdownsAreReported()
+    {
+        var bus = new IoBus();
+        var doorbell = new Scratch(4, stopOnWrite: _ => true);
+        bus.MapPorts(0x600, 4, doorbell);
+        using (var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(dx, 0x600);
+            a.@out(dx, eax);
+            a.hlt();
+        }))
+        {
+            Assert.That(new VcpuRunner(g.Cpu, bus).Run().Reason, Is.EqualTo(RunStopReason.StopRequested));
+            Assert.That(new VcpuRunner(g.Cpu, bus).Run().Reason, Is.EqualTo(RunStopReason.Halted), "the runner resumes where it stopped");
+        }
+        using (var spin = TestGuest.LongMode(Kvm, a => { var l = a.CreateLabel(); a.Label(ref l); a.jmp(l); }, new X86LongModeOptions { UserMode = true }))
+            Assert.That(new VcpuRunner(spin.Cpu, bus).Run(TimeSpan.FromMilliseconds(20)).Reason, Is.EqualTo(RunStopReason.Timeout));
+        using (var crash = TestGuest.LongMode(Kvm, a => a.ud2(), new X86LongModeOptions { UserMode = true, InstallIdt = false }))
+            Assert.That(new VcpuRunner(crash.Cpu, bus).Run().Reason, Is.EqualTo(RunStopReason.Shutdown));
+    }
+
+    [Test]
+    public void OverlappingRanges_AreRefused()
+    {
+        var bus = new IoBus();
+        var d = new Scratch(8);
+        bus.MapPorts(0x60, 8, d);
+        var ex = Assert.Throws<ArgumentException>(() => bus.MapPorts(0x64, 2, d));
+        Assert.That(ex!.Message, Does.Contain("0x64..0x65").And.Contain("0x60..0x67"));
+        Assert.Throws<ArgumentException>(() => bus.MapPorts(0xFFFF, 2, d));
+        Assert.That(bus.Unmap(d), Is.EqualTo(1));
+        bus.MapPorts(0x64, 2, d);
+    }
+}
+
+/// <summary>Several vCPUs of one VM on their own threads.</summary>
+public class SmpTests : KvmTestBase
+{
+    private const ulong Counter = TestGuest.DataAddress;
+
+    /// <summary>Builds a VM whose vCPUs all run <paramref name="code"/> at CPL3, each with its own stack and RDI = its index.</summary>
+    private (TestGuest, Vcpu[]) Smp(int n, Action<Assembler> code)
+    {
+        var g = TestGuest.LongMode(Kvm, code, new X86LongModeOptions { UserMode = true, FaultPort = TestGuest.FaultPort });
+        var cpus = new Vcpu[n];
+        cpus[0] = g.Cpu;
+        for (int i = 1; i < n; i++)
+        {
+            cpus[i] = g.Vm.CreateVcpu();
+            X86LongMode.Setup(cpus[i], g.Ram, TestGuest.CodeAddress, TestGuest.StackTop - (ulong)i * 0x4000,
+                new X86LongModeOptions { UserMode = true, FaultPort = TestGuest.FaultPort });
+        }
+        for (int i = 0; i < n; i++) cpus[i].X86.Rdi = (ulong)i;
+        return (g, cpus);
+    }
+
+    private sealed class Doorbell : IIoDevice
+    {
+        public void Read(IoContext context, ulong offset, Span<byte> data) => data.Clear();
+        public void Write(IoContext context, ulong offset, ReadOnlySpan<byte> data) => context.RequestStop();
+    }
+
+    [Test]
+    public void TwoVcpus_LockXadd_NTimesEach_TheHostSees2N()
+    {
+        const int n = 200_000;
+        var (g, cpus) = Smp(2, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(rbx, Counter);
+            a.mov(ecx, n);
+            a.Label(ref loop);
+            a.mov(eax, 1);
+            a.@lock.xadd(__dword_ptr[rbx], eax);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.mov(dx, 0x600);
+            a.@out(dx, al);
+        });
+        using (g)
+        {
+            var bus = new IoBus();
+            bus.MapPorts(0x600, 1, new Doorbell());
+            var threads = cpus.Select(c => new VcpuThread(c, bus)).ToArray();
+            Assert.That(Task.WaitAll([.. threads.Select(t => t.Completion)], TimeSpan.FromSeconds(60)), Is.True);
+            Assert.That(threads.Select(t => t.Completion.Result.Reason), Is.All.EqualTo(RunStopReason.StopRequested));
+            Assert.That(g.Ram.Read<uint>(Counter), Is.EqualTo(2u * n));
+            foreach (var t in threads) t.Dispose();
+        }
+    }
+
+    [Test]
+    public void PauseAll_StopsEveryVcpu_MpStateSavesAndRestores_ResumeAll_ContinuesThem()
+    {
+        // Each vCPU increments its own counter forever: counter[rdi] += 1.
+        var (g, cpus) = Smp(2, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(rbx, Counter);
+            a.Label(ref loop);
+            a.inc(__qword_ptr[rbx + rdi * 8]);
+            a.jmp(loop);
+        });
+        using (g)
+        {
+            var threads = cpus.Select(c => new VcpuThread(c, new IoBus())).ToArray();
+            while (g.Ram.Read<ulong>(Counter) == 0 || g.Ram.Read<ulong>(Counter + 8) == 0) Thread.Sleep(1);
+
+            VcpuThread.PauseAll(threads);
+            Assert.That(threads.All(t => t.IsPaused), Is.True);
+            ulong a0 = g.Ram.Read<ulong>(Counter), b0 = g.Ram.Read<ulong>(Counter + 8);
+            Thread.Sleep(30);
+            Assert.That((g.Ram.Read<ulong>(Counter), g.Ram.Read<ulong>(Counter + 8)), Is.EqualTo((a0, b0)), "paused vCPUs do not run");
+
+            // Paused vCPUs are owned by no thread: their registers can be used from here.
+            var states = cpus.Select(c => c.Registers.SaveState()).ToArray();
+            Assert.That(cpus.Select(c => c.Registers.MpState), Is.All.EqualTo(KvmSharp.Registers.MpState.Runnable));
+            for (int i = 0; i < cpus.Length; i++)
+            {
+                cpus[i].Registers.RestoreState(states[i]);
+                Assert.That(cpus[i].Registers.SaveState().ContentEquals(states[i]), Is.True, $"vCPU {i} state round trip");
+            }
+
+            VcpuThread.ResumeAll(threads);
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while ((g.Ram.Read<ulong>(Counter) == a0 || g.Ram.Read<ulong>(Counter + 8) == b0) && DateTime.UtcNow < deadline) Thread.Sleep(1);
+            Assert.That(g.Ram.Read<ulong>(Counter), Is.GreaterThan(a0));
+            Assert.That(g.Ram.Read<ulong>(Counter + 8), Is.GreaterThan(b0));
+            foreach (var t in threads) t.Stop();
+            Assert.That(threads.Select(t => t.Completion.Result.Reason), Is.All.EqualTo(RunStopReason.StopRequested));
+        }
+    }
+}

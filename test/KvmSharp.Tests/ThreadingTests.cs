@@ -1,0 +1,230 @@
+using System.Diagnostics;
+using Iced.Intel;
+using KvmSharp.Devices;
+using KvmSharp.Guests;
+using KvmSharp.Tests.Guests;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace KvmSharp.Tests;
+
+/// <summary>RequestExit, timeouts, Invoke, Dispose while running: the races, on the real /dev/kvm.</summary>
+public class ThreadingTests : KvmTestBase
+{
+    private static readonly X86LongModeOptions User = new() { UserMode = true, FaultPort = TestGuest.FaultPort };
+
+    /// <summary>A CPL3 guest spinning forever (native speed on kvm-pvm): only a kick ends its run.</summary>
+    private TestGuest Spinner()
+    {
+        return TestGuest.LongMode(Kvm, a =>
+        {
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.inc(rax);
+            a.jmp(spin);
+        }, User);
+    }
+
+    private static Thread Start(Action body)
+    {
+        var t = new Thread(() => body()) { IsBackground = true };
+        t.Start();
+        return t;
+    }
+
+    [Test]
+    public void RequestExit_BeforeEntry_NextRunReturnsAtOnce_WithoutRunningTheGuest()
+    {
+        using var g = Spinner();
+        g.Cpu.RequestExit();
+        var exit = g.Cpu.Run();
+        Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Interrupted));
+        Assert.That(g.Cpu.X86.Rip, Is.EqualTo(TestGuest.CodeAddress), "the guest never ran");
+    }
+
+    [Test]
+    public void CancelExitRequest_WithdrawsARequestNoRunConsumed()
+    {
+        using var g = TestGuest.LongMode(Kvm, a => a.hlt());
+        g.Cpu.RequestExit();
+        g.Cpu.CancelExitRequest();
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+    }
+
+    [Test]
+    public void RequestExit_DuringRun_FromAnotherThread_ReturnsInterrupted()
+    {
+        using var g = Spinner();
+        var kicker = Start(() =>
+        {
+            Thread.Sleep(50);
+            g.Cpu.RequestExit();
+        });
+        var sw = Stopwatch.StartNew();
+        var exit = g.Cpu.Run();
+        Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Interrupted));
+        Assert.That(sw.Elapsed, Is.LessThan(TimeSpan.FromSeconds(10)), "sanity bound only; latency is measured in the benchmark");
+        kicker.Join();
+        Assert.That(g.Cpu.X86.Rax, Is.GreaterThan(0UL), "the guest was running");
+        // The request was consumed: the next run is not cut short by it.
+        Assert.That(g.Cpu.Run(TimeSpan.FromMilliseconds(20)).Reason, Is.EqualTo(VcpuExitReason.Interrupted));
+    }
+
+    [Test]
+    public void RequestExit_AfterAnExit_MakesTheNextRunReturnAtOnce()
+    {
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(dx, 0x70);
+            a.@out(dx, al);
+            var spin = a.CreateLabel();
+            a.Label(ref spin);
+            a.jmp(spin);
+        }, User);
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io));
+        g.Cpu.RequestExit();
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Interrupted));
+    }
+
+    [Test]
+    public void TenThousandKicks_AreNeverLost_AndNeverHang()
+    {
+        using var g = Spinner();
+        const int kicks = 10_000;
+        using var returned = new SemaphoreSlim(0);
+        int interrupted = 0, other = 0;
+        var stop = false;
+        var vcpuThread = Start(() =>
+        {
+            while (!Volatile.Read(ref stop))
+            {
+                var r = g.Cpu.Run().Reason;
+                if (r == VcpuExitReason.Interrupted) Interlocked.Increment(ref interrupted);
+                else Interlocked.Increment(ref other);
+                returned.Release();
+            }
+        });
+        var random = new Random(42);
+        for (int i = 0; i < kicks; i++)
+        {
+            // Vary the moment: right away (the vCPU may be between runs or entering), or after a spin.
+            if (random.Next(3) == 0) Thread.SpinWait(random.Next(2000));
+            if (i == kicks - 1) Volatile.Write(ref stop, true);
+            g.Cpu.RequestExit();
+            Assert.That(returned.Wait(TimeSpan.FromSeconds(10)), Is.True, $"kick {i} was lost: the run did not return");
+        }
+        Assert.That(vcpuThread.Join(TimeSpan.FromSeconds(10)), Is.True);
+        Assert.That((interrupted, other), Is.EqualTo((kicks, 0)));
+    }
+
+    [Test]
+    public void RunWithTimeout_ReturnsInterrupted_AndLeavesNoRequestBehind()
+    {
+        using var g = Spinner();
+        var sw = Stopwatch.StartNew();
+        Assert.That(g.Cpu.Run(TimeSpan.FromMilliseconds(30)).Reason, Is.EqualTo(VcpuExitReason.Interrupted));
+        Assert.That(sw.ElapsedMilliseconds, Is.GreaterThanOrEqualTo(25));
+
+        using var hlt = TestGuest.LongMode(Kvm, a => a.hlt());
+        Assert.That(hlt.Cpu.Run(TimeSpan.FromMilliseconds(1)).Reason, Is.AnyOf(VcpuExitReason.Hlt, VcpuExitReason.Interrupted));
+        Thread.Sleep(20); // a late timer must not leave an exit request behind
+        hlt.Cpu.X86.Rip = TestGuest.CodeAddress;
+        Assert.That(hlt.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+    }
+
+    [Test]
+    public void RunWithCancellation_ReturnsInterrupted()
+    {
+        using var g = Spinner();
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(30));
+        Assert.That(g.Cpu.Run(cts.Token).Reason, Is.EqualTo(VcpuExitReason.Interrupted));
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        Assert.That(g.Cpu.Run(cancelled.Token).Reason, Is.EqualTo(VcpuExitReason.Interrupted));
+    }
+
+    [Test]
+    public void Invoke_RunsOnTheVcpuThreadBetweenRuns_AndTheRunGoesOn()
+    {
+        using var g = Spinner();
+        int runThread = 0, returns = 0;
+        var vcpuThread = Start(() =>
+        {
+            runThread = Environment.CurrentManagedThreadId;
+            while (g.Cpu.Run().Reason != VcpuExitReason.Interrupted) { }
+            Interlocked.Increment(ref returns);
+        });
+        while (!g.Cpu.IsRunning) Thread.Sleep(1);
+        Assert.Throws<InvalidOperationException>(() => _ = g.Cpu.X86.Rip, "direct access from another thread while it runs");
+
+        int actionThread = 0;
+        ulong rax = 0;
+        g.Cpu.Invoke(v =>
+        {
+            actionThread = Environment.CurrentManagedThreadId;
+            rax = v.X86.Rax;
+            v.X86.Rbx = 0x1234;
+        });
+        Assert.That(actionThread, Is.EqualTo(runThread), "the action ran on the vCPU's thread");
+        Assert.That(rax, Is.GreaterThan(0UL));
+        Thread.Sleep(20);
+        Assert.That(Volatile.Read(ref returns), Is.EqualTo(0), "an Invoke kick does not end the run");
+
+        var task = g.Cpu.InvokeAsync(v => v.X86.Rcx = 99);
+        Assert.That(task.Wait(TimeSpan.FromSeconds(10)), Is.True);
+        var failing = g.Cpu.InvokeAsync(_ => throw new FormatException("boom"));
+        Assert.That(() => failing.Wait(TimeSpan.FromSeconds(10)), Throws.InstanceOf<AggregateException>().With.InnerException.InstanceOf<FormatException>());
+
+        g.Cpu.RequestExit();
+        Assert.That(vcpuThread.Join(TimeSpan.FromSeconds(10)), Is.True);
+        Assert.That((g.Cpu.X86.Rbx, g.Cpu.X86.Rcx), Is.EqualTo((0x1234UL, 99UL)), "the actions' writes reached the vCPU");
+    }
+
+    [Test]
+    public void Invoke_OnAnIdleVcpu_RunsOnTheCallingThread()
+    {
+        using var g = Spinner();
+        int t = 0;
+        g.Cpu.Invoke(v => t = Environment.CurrentManagedThreadId);
+        Assert.That(t, Is.EqualTo(Environment.CurrentManagedThreadId));
+        var ex = Assert.Throws<InvalidOperationException>(() => g.Cpu.Invoke(_ => throw new InvalidOperationException("from the action")));
+        Assert.That(ex!.Message, Is.EqualTo("from the action"));
+    }
+
+    [Test]
+    public void Dispose_WhileRunningOnAnotherThread_KicksWaitsAndReleases()
+    {
+        var g = Spinner();
+        Exception? error = null;
+        VcpuExitReason? last = null;
+        var vcpuThread = Start(() =>
+        {
+            try
+            {
+                while (true) last = g.Cpu.Run().Reason;
+            }
+            catch (Exception e)
+            {
+                error = e;
+            }
+        });
+        while (!g.Cpu.IsRunning) Thread.Sleep(1);
+        g.Cpu.Dispose();
+        Assert.That(vcpuThread.Join(TimeSpan.FromSeconds(10)), Is.True);
+        Assert.That(error, Is.InstanceOf<ObjectDisposedException>(), "the loop's next Run sees the disposal");
+        Assert.That(last, Is.EqualTo(VcpuExitReason.Interrupted));
+        Assert.That(g.Cpu.IsDisposed, Is.True);
+        g.Dispose();
+    }
+
+    [Test]
+    public void RunFromTwoThreadsAtOnce_IsRefused()
+    {
+        using var g = Spinner();
+        var vcpuThread = Start(() => g.Cpu.Run());
+        while (!g.Cpu.IsRunning) Thread.Sleep(1);
+        var ex = Assert.Throws<InvalidOperationException>(() => g.Cpu.Run());
+        Assert.That(ex!.Message, Does.Contain("one thread runs a vCPU at a time"));
+        g.Cpu.RequestExit();
+        vcpuThread.Join();
+    }
+}
