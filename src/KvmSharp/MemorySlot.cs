@@ -34,7 +34,7 @@ public sealed class MemorySlot : IDisposable
     public int Slot { get; }
 
     /// <summary>The guest-physical address of the first byte.</summary>
-    public ulong GuestPhysicalAddress { get; }
+    public ulong GuestPhysicalAddress { get; internal set; }
 
     /// <summary>The size in bytes (a multiple of the host page size).</summary>
     public ulong Size => _mapping.Length;
@@ -43,10 +43,36 @@ public sealed class MemorySlot : IDisposable
     public ulong EndAddress => GuestPhysicalAddress + Size;
 
     /// <summary>The slot's flags.</summary>
-    public MemorySlotFlags Flags { get; }
+    public MemorySlotFlags Flags { get; internal set; }
 
     /// <summary>True when the guest cannot write this slot (its writes become MMIO exits).</summary>
     public bool IsReadOnly => (Flags & MemorySlotFlags.ReadOnly) != 0;
+
+    /// <summary>
+    /// Moves the slot to another guest-physical address; its memory and size stay. Wraps
+    /// KVM_SET_USER_MEMORY_REGION. Safe while vCPUs run (KVM makes them see the change atomically).
+    /// </summary>
+    /// <exception cref="ArgumentException">Unaligned, wrapping, or overlapping another slot (named).</exception>
+    /// <exception cref="KvmException">KVM refused; the slot stays where it was.</exception>
+    /// <exception cref="ObjectDisposedException">The slot or its VM is disposed.</exception>
+    public void Move(ulong newGuestPhysicalAddress)
+    {
+        ThrowIfDisposed();
+        _vm.MoveSlot(this, newGuestPhysicalAddress);
+    }
+
+    /// <summary>
+    /// Changes the slot's flags: dirty logging may be turned on or off; read-only cannot change.
+    /// Wraps KVM_SET_USER_MEMORY_REGION.
+    /// </summary>
+    /// <exception cref="ArgumentException">Unknown flags, or a change of <see cref="MemorySlotFlags.ReadOnly"/>.</exception>
+    /// <exception cref="KvmException">KVM refused; the flags stay.</exception>
+    /// <exception cref="ObjectDisposedException">The slot or its VM is disposed.</exception>
+    public void SetFlags(MemorySlotFlags flags)
+    {
+        ThrowIfDisposed();
+        _vm.SetSlotFlags(this, flags);
+    }
 
     /// <summary>True once the slot has been removed from its VM.</summary>
     public bool IsDisposed => _disposed != 0;
@@ -119,10 +145,17 @@ public sealed class MemorySlot : IDisposable
     public T Read<T>(ulong address) where T : unmanaged =>
         MemoryMarshal.Read<T>(GetSpanAt(address, Unsafe.SizeOf<T>()));
 
-    /// <summary>Writes a value of type <typeparamref name="T"/> at a guest-physical address, in host byte order.</summary>
+    /// <summary>
+    /// Writes a value of type <typeparamref name="T"/> at a guest-physical address, in host byte order.
+    /// With dirty tracking on, the page is reported by the next harvest (raw span writes are not: see
+    /// <see cref="DirtyPageTracker.MarkHostWrite"/>).
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">The value is not entirely inside the slot.</exception>
-    public void Write<T>(ulong address, T value) where T : unmanaged =>
+    public void Write<T>(ulong address, T value) where T : unmanaged
+    {
         MemoryMarshal.Write(GetSpanAt(address, Unsafe.SizeOf<T>()), in value);
+        _vm.DirtyTracker?.MarkSlotWrite(this, address - GuestPhysicalAddress, (ulong)Unsafe.SizeOf<T>());
+    }
 
     /// <summary>Copies guest memory at <paramref name="address"/> into <paramref name="destination"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The range is not inside the slot.</exception>
@@ -131,8 +164,11 @@ public sealed class MemorySlot : IDisposable
 
     /// <summary>Copies <paramref name="source"/> into guest memory at <paramref name="address"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The range is not inside the slot.</exception>
-    public void Write(ulong address, ReadOnlySpan<byte> source) =>
+    public void Write(ulong address, ReadOnlySpan<byte> source)
+    {
         source.CopyTo(GetSpanAt(address, source.Length));
+        _vm.DirtyTracker?.MarkSlotWrite(this, address - GuestPhysicalAddress, (ulong)source.Length);
+    }
 
     private ArgumentOutOfRangeException OutOfRange(ulong address, ulong length) =>
         new(nameof(address), $"Guest-physical range 0x{address:X}..0x{address + length:X} is outside memory slot {Slot} (0x{GuestPhysicalAddress:X}..0x{EndAddress:X}).");

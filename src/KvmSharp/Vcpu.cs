@@ -45,9 +45,10 @@ public sealed class Vcpu : IDisposable
     private int _disposing;
     private bool _disposed;
 
-    internal Vcpu(VirtualMachine vm, int id, KvmFdHandle fd, MappedMemoryHandle run)
+    internal Vcpu(VirtualMachine vm, int id, KvmFdHandle fd, MappedMemoryHandle run, DirtyRing? dirtyRing = null)
     {
         _vm = vm;
+        DirtyRing = dirtyRing;
         Id = id;
         _fd = fd;
         _fdNumber = fd.Fd;
@@ -69,6 +70,9 @@ public sealed class Vcpu : IDisposable
     private static (IRegisterSync, IRunHooks) Pair<T>(T strategy) where T : IRegisterSync, IRunHooks => (strategy, strategy);
 
     internal IKernel Kernel { get; }
+
+    /// <summary>The vCPU's dirty ring, when the VM tracks dirty pages with one.</summary>
+    internal DirtyRing? DirtyRing { get; }
 
     internal int Fd
     {
@@ -239,7 +243,16 @@ public sealed class Vcpu : IDisposable
                 // it, so this thread never leaves (and its tid is never reused) under a pending tgkill.
                 while (Volatile.Read(ref _kickers) != 0) Thread.SpinWait(1);
                 _hooks.AfterRun(r);
-                if (r >= 0) break;
+                if (r >= 0)
+                {
+                    // A full dirty ring: drain the rings into the tracker, then let the guest go on.
+                    if (DirtyRing is not null && LastExitReason == (uint)VcpuExitReason.DirtyRingFull)
+                    {
+                        _vm.DirtyTracker!.OnRingFull();
+                        continue;
+                    }
+                    break;
+                }
                 if (r != -Errno.EINTR) ThrowRunFailed(r);
                 // Interrupted: consume the kick signal (it stays pending after KVM_RUN), clear the request.
                 KickSignal.Drain();
@@ -578,6 +591,7 @@ public sealed class Vcpu : IDisposable
         while (_invokes.TryDequeue(out var item)) item.Fail(new ObjectDisposedException(GetType().FullName));
         _timer?.Dispose();
         _hooks.Release();
+        DirtyRing?.Dispose();
         _run.Dispose();
         _fd.Dispose();
         _vm.OnVcpuDisposed(this);

@@ -1,4 +1,5 @@
 using KvmSharp.Interop;
+using KvmSharp.Snapshots;
 
 namespace KvmSharp;
 
@@ -60,6 +61,190 @@ public sealed class VirtualMachine : IDisposable
             if (_fd.IsClosed) ThrowHelper.ThrowObjectDisposed(this);
             return _fd.Fd;
         }
+    }
+
+    /// <summary>The dirty-page tracker, once <see cref="EnableDirtyTracking"/> has been called; else null.</summary>
+    public DirtyPageTracker? DirtyTracker { get; private set; }
+
+    /// <summary>
+    /// Starts tracking the pages written to every memory slot (present and future): sets
+    /// KVM_MEM_LOG_DIRTY_PAGES on each and enables the chosen back end. Idempotent for the same back end.
+    /// Wraps KVM_ENABLE_CAP (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 or KVM_CAP_DIRTY_LOG_RING[_ACQ_REL]) and
+    /// KVM_SET_USER_MEMORY_REGION.
+    /// </summary>
+    /// <param name="backend">The back end; <see cref="DirtyLogBackend.Auto"/> picks by capability.</param>
+    /// <param name="ringEntries">For the dirty ring: entries per vCPU (a power of two; 16 bytes each).</param>
+    /// <exception cref="NotSupportedException">The back end's capability is missing, or the ring was asked for after vCPUs were created.</exception>
+    /// <exception cref="InvalidOperationException">Tracking is already on with another back end.</exception>
+    /// <exception cref="KvmException">An ioctl failed.</exception>
+    public DirtyPageTracker EnableDirtyTracking(DirtyLogBackend backend = DirtyLogBackend.Auto, int ringEntries = 4096)
+    {
+        lock (_lock)
+        {
+            _ = Fd;
+            if (DirtyTracker is { } existing)
+            {
+                if (backend != DirtyLogBackend.Auto && backend != existing.Backend)
+                    throw new InvalidOperationException($"Dirty tracking is already on with {existing.Backend}; it cannot switch to {backend}.");
+                return existing;
+            }
+            int ringCap = Architecture == KvmArchitecture.X86_64 ? Math.Max(CheckExtension(KvmCapability.DirtyLogRingAcqRel), CheckExtension(KvmCapability.DirtyLogRing)) : 0;
+            int manualCap = CheckExtension(KvmCapability.ManualDirtyLogProtect2);
+            if (backend == DirtyLogBackend.Auto)
+                backend = ringCap > 0 && _vcpus.Count == 0 ? DirtyLogBackend.DirtyRing
+                    : manualCap > 0 ? DirtyLogBackend.ManualProtect : DirtyLogBackend.GetDirtyLog;
+            int ringBytes = 0;
+            switch (backend)
+            {
+                case DirtyLogBackend.ManualProtect:
+                    if (manualCap == 0) throw new NotSupportedException("KVM_CLEAR_DIRTY_LOG needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, which this KVM lacks.");
+                    EnableCap(KvmCapability.ManualDirtyLogProtect2, kvm_enable_cap.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE);
+                    break;
+                case DirtyLogBackend.DirtyRing:
+                    if (ringCap == 0) throw new NotSupportedException("The dirty ring needs KVM_CAP_DIRTY_LOG_RING (KvmSharp maps it on x86_64), which this KVM lacks.");
+                    if (_vcpus.Count > 0) throw new NotSupportedException("The dirty ring must be enabled before the VM's first vCPU is created.");
+                    ringBytes = ringEntries * 16;
+                    if (ringEntries <= 0 || !System.Numerics.BitOperations.IsPow2(ringEntries) || ringBytes > ringCap)
+                        throw new ArgumentOutOfRangeException(nameof(ringEntries), ringEntries, $"Dirty ring entries must be a power of two with at most {ringCap / 16} entries here.");
+                    bool acqRel = CheckExtension(KvmCapability.DirtyLogRingAcqRel) > 0;
+                    EnableCap(acqRel ? KvmCapability.DirtyLogRingAcqRel : KvmCapability.DirtyLogRing, (ulong)ringBytes);
+                    break;
+            }
+            var tracker = new DirtyPageTracker(this, backend, ringBytes);
+            foreach (var slot in _slots)
+            {
+                if ((slot.Flags & MemorySlotFlags.LogDirtyPages) == 0 && !slot.IsReadOnly)
+                {
+                    SetRegion(slot.Slot, (uint)(slot.Flags | MemorySlotFlags.LogDirtyPages), slot.GuestPhysicalAddress, slot.Size, slot.Mapping.DangerousGetHandle());
+                    slot.Flags |= MemorySlotFlags.LogDirtyPages;
+                }
+                tracker.Track(slot); // read-only slots too: host writes to them are tracked
+
+            }
+            return DirtyTracker = tracker;
+        }
+    }
+
+    private VmSnapshot? _baseline;
+
+    /// <summary>
+    /// Captures every vCPU's registers (level Full) and all guest memory. Turns dirty tracking on if
+    /// it is off (so that <see cref="Restore"/> can copy back only what changed) and makes this
+    /// snapshot the baseline that tracking measures from.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A vCPU is running: pause the VM first.</exception>
+    /// <exception cref="KvmException">An ioctl failed.</exception>
+    public VmSnapshot CreateSnapshot()
+    {
+        lock (_lock) ThrowIfAnyRunning();
+        var tracker = DirtyTracker ?? EnableDirtyTracking();
+        lock (_lock)
+        {
+            ThrowIfAnyRunning();
+            tracker.Harvest().Dispose(); // start a fresh tracking period: memory == snapshot from here
+            var slots = _slots.OrderBy(s => s.Slot).Select(s =>
+            {
+                var data = GC.AllocateUninitializedArray<byte>(checked((int)s.Size));
+                s.Mapping.Slice(0, data.Length).CopyTo(data);
+                return new VmSnapshot.SlotImage(s.Slot, s.Flags, s.GuestPhysicalAddress, s.Size, data);
+            }).ToArray();
+            var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
+            var snapshot = new VmSnapshot(Architecture, vcpus, slots);
+            _baseline = snapshot;
+            return snapshot;
+        }
+    }
+
+    /// <summary>
+    /// Puts the VM back into the state of <paramref name="snapshot"/>: memory, then every vCPU's
+    /// registers at level Full. When the VM's memory last matched this snapshot (it was created here,
+    /// or restored last), only the pages written since — by the guest, or through the slot write
+    /// methods — are copied back, so the cost follows the dirty pages, not the RAM size. Otherwise all
+    /// memory is copied once and the snapshot becomes the baseline.
+    /// </summary>
+    /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots or vCPUs do not match this VM's (named).</exception>
+    /// <exception cref="InvalidOperationException">A vCPU is running: pause the VM first.</exception>
+    /// <exception cref="KvmException">An ioctl failed.</exception>
+    public void Restore(VmSnapshot snapshot)
+    {
+        ArgumentNullException.ThrowIfNull(snapshot);
+        if (snapshot.Architecture != Architecture)
+            throw new ArgumentException($"The snapshot is of {snapshot.Architecture}; this VM is {Architecture}.", nameof(snapshot));
+        var tracker = DirtyTracker ?? EnableDirtyTracking();
+        lock (_lock)
+        {
+            ThrowIfAnyRunning();
+            var slots = MatchSlots(snapshot);
+            var vcpus = MatchVcpus(snapshot);
+            using (var dirty = tracker.Harvest())
+            {
+                if (ReferenceEquals(_baseline, snapshot))
+                {
+                    int page = PageSize;
+                    for (int i = 0; i < dirty.SlotCount; i++)
+                    {
+                        var slot = dirty.SlotAt(i);
+                        var image = slots[slot];
+                        // PERF: copy page by page straight from the snapshot into the mapping; no buffers.
+                        foreach (ulong p in dirty.PagesAt(i))
+                            image.Data.AsSpan((int)(p * (ulong)page), page).CopyTo(slot.Mapping.Slice(p * (ulong)page, page));
+                    }
+                }
+                else
+                {
+                    foreach (var (slot, image) in slots)
+                        image.Data.CopyTo(slot.Mapping.Slice(0, image.Data.Length));
+                    _baseline = snapshot;
+                }
+            }
+            foreach (var (vcpu, state) in vcpus)
+                vcpu.Registers.RestoreState(state);
+        }
+    }
+
+    private Dictionary<MemorySlot, VmSnapshot.SlotImage> MatchSlots(VmSnapshot snapshot)
+    {
+        var map = new Dictionary<MemorySlot, VmSnapshot.SlotImage>();
+        foreach (var image in snapshot.Slots)
+        {
+            var slot = _slots.FirstOrDefault(s => s.Slot == image.Slot)
+                ?? throw new ArgumentException($"The snapshot has memory slot {image.Slot} (0x{image.GuestPhysicalAddress:X}, 0x{image.Size:X} bytes), which this VM lacks.", nameof(snapshot));
+            if (slot.GuestPhysicalAddress != image.GuestPhysicalAddress || slot.Size != image.Size)
+                throw new ArgumentException($"Memory slot {slot.Slot} is 0x{slot.GuestPhysicalAddress:X}+0x{slot.Size:X} here but 0x{image.GuestPhysicalAddress:X}+0x{image.Size:X} in the snapshot.", nameof(snapshot));
+            map[slot] = image;
+        }
+        if (map.Count != _slots.Count)
+            throw new ArgumentException($"This VM has memory slots the snapshot lacks: {string.Join(", ", _slots.Where(s => !map.ContainsKey(s)).Select(s => s.Slot))}.", nameof(snapshot));
+        return map;
+    }
+
+    private List<(Vcpu, Registers.RegisterState)> MatchVcpus(VmSnapshot snapshot)
+    {
+        var list = new List<(Vcpu, Registers.RegisterState)>();
+        foreach (var (id, state) in snapshot.VcpuStates)
+        {
+            var vcpu = _vcpus.FirstOrDefault(v => v.Id == id)
+                ?? throw new ArgumentException($"The snapshot has vCPU {id}, which this VM lacks.", nameof(snapshot));
+            list.Add((vcpu, state));
+        }
+        if (list.Count != _vcpus.Count)
+            throw new ArgumentException("This VM has vCPUs the snapshot lacks.", nameof(snapshot));
+        return list;
+    }
+
+    private void ThrowIfAnyRunning()
+    {
+        _ = Fd;
+        foreach (var v in _vcpus)
+            if (v.IsRunning) throw new InvalidOperationException($"vCPU {v.Id} is running; pause every vCPU before taking or restoring a snapshot.");
+    }
+
+    private unsafe void EnableCap(KvmCapability cap, ulong arg0)
+    {
+        var enable = new kvm_enable_cap { cap = (uint)cap };
+        enable.args[0] = arg0;
+        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_ENABLE_CAP, (nint)(&enable));
+        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_ENABLE_CAP, r, $"{cap} (arg 0x{arg0:X})");
     }
 
     /// <summary>The host page size; slot addresses and sizes must be multiples of it.</summary>
@@ -126,12 +311,7 @@ public sealed class VirtualMachine : IDisposable
         lock (_lock)
         {
             _ = Fd;
-            foreach (var s in _slots)
-            {
-                if (guestPhysicalAddress < s.EndAddress && s.GuestPhysicalAddress < guestPhysicalAddress + size)
-                    throw new ArgumentException(
-                        $"Memory range {range} overlaps memory slot {s.Slot} (0x{s.GuestPhysicalAddress:X}..0x{s.EndAddress:X}).", nameof(guestPhysicalAddress));
-            }
+            ThrowIfOverlaps(guestPhysicalAddress, size, except: null);
             if ((flags & MemorySlotFlags.ReadOnly) != 0)
             {
                 if (_readOnlyMem < 0) _readOnlyMem = CheckExtension(KvmCapability.ReadOnlyMem);
@@ -150,9 +330,12 @@ public sealed class VirtualMachine : IDisposable
             {
                 int r = Kernel.Madvise(mapping.DangerousGetHandle(), (nuint)size, Libc.MADV_DONTFORK);
                 if (r < 0) ThrowHelper.ThrowKvm("madvise(MADV_DONTFORK)", r, $"guest RAM for slot {slotId}, {range}");
+                bool track = DirtyTracker is not null;
+                if (track && (flags & MemorySlotFlags.ReadOnly) == 0) flags |= MemorySlotFlags.LogDirtyPages;
                 SetRegion(slotId, (uint)flags, guestPhysicalAddress, size, mapping.DangerousGetHandle());
                 var slot = new MemorySlot(this, slotId, guestPhysicalAddress, mapping, flags);
                 _slots.Add(slot);
+                if (track) DirtyTracker!.Track(slot);
                 return slot;
             }
             catch
@@ -162,6 +345,110 @@ public sealed class VirtualMachine : IDisposable
             }
         }
     }
+
+    private void ThrowIfOverlaps(ulong gpa, ulong size, MemorySlot? except)
+    {
+        foreach (var s in _slots)
+        {
+            if (s != except && gpa < s.EndAddress && s.GuestPhysicalAddress < gpa + size)
+                throw new ArgumentException(
+                    $"Memory range 0x{gpa:X}..0x{gpa + size:X} overlaps memory slot {s.Slot} (0x{s.GuestPhysicalAddress:X}..0x{s.EndAddress:X}).", nameof(gpa));
+        }
+    }
+
+    /// <summary>Moves a slot to another guest-physical address (same memory, same size).</summary>
+    internal void MoveSlot(MemorySlot slot, ulong newAddress)
+    {
+        ulong page = (ulong)PageSize;
+        if (newAddress % page != 0)
+            throw new ArgumentException($"Guest-physical address 0x{newAddress:X} is not aligned to the page size 0x{page:X}.", nameof(newAddress));
+        if (newAddress + slot.Size < newAddress)
+            throw new ArgumentException($"Memory slot {slot.Slot} of size 0x{slot.Size:X} cannot move to 0x{newAddress:X}: the range wraps.", nameof(newAddress));
+        lock (_lock)
+        {
+            RequireLive(slot);
+            ThrowIfOverlaps(newAddress, slot.Size, except: slot);
+            SetRegion(slot.Slot, (uint)slot.Flags, newAddress, slot.Size, slot.Mapping.DangerousGetHandle());
+            slot.GuestPhysicalAddress = newAddress;
+        }
+    }
+
+    /// <summary>Changes a slot's flags; KVM allows toggling dirty logging, not read-only.</summary>
+    internal void SetSlotFlags(MemorySlot slot, MemorySlotFlags flags)
+    {
+        if ((flags & ~(MemorySlotFlags.ReadOnly | MemorySlotFlags.LogDirtyPages)) != 0)
+            throw new ArgumentException($"Unknown memory slot flags 0x{(uint)flags:X}.", nameof(flags));
+        if (((flags ^ slot.Flags) & MemorySlotFlags.ReadOnly) != 0)
+            throw new ArgumentException($"Memory slot {slot.Slot}: KVM cannot change KVM_MEM_READONLY on an existing slot; remove it and add a new one.", nameof(flags));
+        lock (_lock)
+        {
+            RequireLive(slot);
+            if (flags == slot.Flags) return;
+            if (DirtyTracker is not null && !slot.IsReadOnly && (flags & MemorySlotFlags.LogDirtyPages) == 0)
+                throw new InvalidOperationException($"Memory slot {slot.Slot}: dirty tracking is on for this VM, so KVM_MEM_LOG_DIRTY_PAGES must stay set.");
+            SetRegion(slot.Slot, (uint)flags, slot.GuestPhysicalAddress, slot.Size, slot.Mapping.DangerousGetHandle());
+            slot.Flags = flags;
+        }
+    }
+
+    private void RequireLive(MemorySlot slot)
+    {
+        _ = Fd;
+        if (!_slots.Contains(slot)) ThrowHelper.ThrowObjectDisposed(slot);
+    }
+
+    /// <summary>
+    /// A span over <paramref name="length"/> bytes of guest memory at <paramref name="address"/>, which
+    /// must lie within one slot (host mappings of different slots are not contiguous).
+    /// </summary>
+    /// <exception cref="ArgumentException">No slot holds the start, or the range runs past its slot (both named).</exception>
+    public Span<byte> GetGuestSpan(ulong address, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        var slot = FindSlot(address) ?? throw Hole(address);
+        if (!slot.Contains(address, (ulong)length))
+            throw new ArgumentException($"Guest range 0x{address:X}..0x{address + (ulong)length:X} runs past the end of memory slot {slot.Slot} (0x{slot.GuestPhysicalAddress:X}..0x{slot.EndAddress:X}); use ReadGuest/WriteGuest to cross slots.", nameof(length));
+        return slot.GetSpanAt(address, length);
+    }
+
+    /// <summary>Copies guest memory at <paramref name="address"/> into <paramref name="destination"/>, across slot boundaries.</summary>
+    /// <exception cref="ArgumentException">Part of the range is backed by no slot (the first such address is named).</exception>
+    public void ReadGuest(ulong address, Span<byte> destination)
+    {
+        while (!destination.IsEmpty)
+        {
+            var slot = FindSlot(address) ?? throw Hole(address);
+            int n = (int)Math.Min((ulong)destination.Length, slot.EndAddress - address);
+            slot.GetSpanAt(address, n).CopyTo(destination);
+            destination = destination.Slice(n);
+            address += (ulong)n;
+        }
+    }
+
+    /// <summary>Copies <paramref name="source"/> into guest memory at <paramref name="address"/>, across slot boundaries.</summary>
+    /// <exception cref="ArgumentException">Part of the range is backed by no slot (the first such address is named); nothing is written then.</exception>
+    public void WriteGuest(ulong address, ReadOnlySpan<byte> source)
+    {
+        // Check the whole range first, so that a hole never leaves a half-written range behind.
+        for (ulong a = address, left = (ulong)source.Length; left > 0;)
+        {
+            var slot = FindSlot(a) ?? throw Hole(a);
+            ulong n = Math.Min(left, slot.EndAddress - a);
+            a += n;
+            left -= n;
+        }
+        while (!source.IsEmpty)
+        {
+            var slot = FindSlot(address)!;
+            int n = (int)Math.Min((ulong)source.Length, slot.EndAddress - address);
+            slot.Write(address, source.Slice(0, n));
+            source = source.Slice(n);
+            address += (ulong)n;
+        }
+    }
+
+    private static ArgumentException Hole(ulong address) =>
+        new($"Guest-physical address 0x{address:X} is not backed by any memory slot.", nameof(address));
 
     private int LowestFreeSlot()
     {
@@ -198,6 +485,7 @@ public sealed class VirtualMachine : IDisposable
             if (_fd.IsClosed || !_slots.Contains(slot)) return;
             SetRegion(slot.Slot, 0, slot.GuestPhysicalAddress, 0, 0);
             _slots.Remove(slot);
+            DirtyTracker?.Untrack(slot);
         }
     }
 
@@ -236,12 +524,21 @@ public sealed class VirtualMachine : IDisposable
                 throw new KvmException("mmap", -err, $"kvm_run of vcpu {vcpuId}, size {VcpuMmapSize}");
             }
             Vcpu vcpu;
+            DirtyRing? ring = null;
             try
             {
-                vcpu = new Vcpu(this, vcpuId, fd, run);
+                if (DirtyTracker is { Backend: DirtyLogBackend.DirtyRing } t)
+                {
+                    var m = MappedMemoryHandle.Map(Kernel, (ulong)t.RingBytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, r,
+                        (long)Interop.X86.kvm_run.KVM_DIRTY_LOG_PAGE_OFFSET * PageSize, out int ringErr);
+                    if (m is null) throw new KvmException("mmap", -ringErr, $"dirty ring of vcpu {vcpuId}, {t.RingBytes} bytes");
+                    ring = new DirtyRing(m, t.RingBytes);
+                }
+                vcpu = new Vcpu(this, vcpuId, fd, run, ring);
             }
             catch
             {
+                ring?.Dispose();
                 run.Dispose();
                 fd.Dispose();
                 throw;

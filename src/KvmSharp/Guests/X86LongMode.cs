@@ -107,12 +107,14 @@ public static class X86LongMode
 
     private static void WritePageTables(MemorySlot slot)
     {
-        const ulong P = 1, W = 2, U = 4, PS = 0x80;
+        // Accessed and Dirty are preset, so the guest's MMU never writes the tables: dirty-page
+        // tracking then reports exactly the pages the guest's own instructions wrote.
+        const ulong P = 1, W = 2, U = 4, A = 0x20, D = 0x40, PS = 0x80;
         slot.GetSpan(Pml4, 0x3000).Clear();
-        slot.Write(Pml4, Pdpt | P | W | U);
-        slot.Write(Pdpt, Pd | P | W | U);
+        slot.Write(Pml4, Pdpt | P | W | U | A);
+        slot.Write(Pdpt, Pd | P | W | U | A);
         for (ulong i = 0; i < 512; i++)
-            slot.Write(Pd + i * 8, (i << 21) | P | W | U | PS);
+            slot.Write(Pd + i * 8, (i << 21) | P | W | U | A | D | PS);
     }
 
     private static void WriteGdt(MemorySlot slot)
@@ -120,10 +122,11 @@ public static class X86LongMode
         Span<ulong> gdt =
         [
             0,
-            0x00AF9A000000FFFF, // 0x08 kernel code: 64-bit, DPL0, present, execute/read
-            0x00CF92000000FFFF, // 0x10 kernel data: DPL0, read/write
-            0x00CFF2000000FFFF, // 0x18 user data: DPL3
-            0x00AFFA000000FFFF, // 0x20 user code: 64-bit, DPL3
+            // Accessed bits preset, so loading a segment never writes the GDT.
+            0x00AF9B000000FFFF, // 0x08 kernel code: 64-bit, DPL0, present, execute/read
+            0x00CF93000000FFFF, // 0x10 kernel data: DPL0, read/write
+            0x00CFF3000000FFFF, // 0x18 user data: DPL3
+            0x00AFFB000000FFFF, // 0x20 user code: 64-bit, DPL3
             TssDescriptorLow(Tss, TssSize - 1),
             Tss >> 32,          // 0x28 TSS, high half
         ];

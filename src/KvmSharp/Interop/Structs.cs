@@ -37,6 +37,8 @@ internal struct kvm_mp_state
 [Uapi("kvm_enable_cap"), StructLayout(LayoutKind.Explicit, Size = 104)]
 internal unsafe struct kvm_enable_cap
 {
+    public const ulong KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1;
+
     [FieldOffset(0)] public uint cap;
     [FieldOffset(4)] public uint flags;
     [FieldOffset(8)] public fixed ulong args[4];
@@ -64,6 +66,8 @@ internal struct kvm_clear_dirty_log
 [Uapi("kvm_dirty_gfn"), StructLayout(LayoutKind.Explicit, Size = 16)]
 internal struct kvm_dirty_gfn
 {
+    public const uint KVM_DIRTY_GFN_F_DIRTY = 1, KVM_DIRTY_GFN_F_RESET = 2;
+
     [FieldOffset(0)] public uint flags;
     [FieldOffset(4)] public uint slot;
     [FieldOffset(8)] public ulong offset;

@@ -1,0 +1,314 @@
+using System.Numerics;
+using KvmSharp.Interop;
+using Microsoft.Extensions.ObjectPool;
+
+namespace KvmSharp;
+
+/// <summary>How KVM reports the pages the guest wrote.</summary>
+public enum DirtyLogBackend
+{
+    /// <summary>The best the kernel offers: the dirty ring if no vCPU exists yet, else manual protect, else the plain log.</summary>
+    Auto,
+
+    /// <summary>KVM_GET_DIRTY_LOG: a bitmap per slot; fetching it also re-arms tracking.</summary>
+    GetDirtyLog,
+
+    /// <summary>KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: re-arms only the pages reported.</summary>
+    ManualProtect,
+
+    /// <summary>KVM_CAP_DIRTY_LOG_RING: per-vCPU rings of dirty pages (enabled before vCPUs exist), reset with KVM_RESET_DIRTY_RINGS.</summary>
+    DirtyRing,
+}
+
+/// <summary>
+/// Pages written since the last <see cref="DirtyPageTracker.Harvest"/>, grouped by slot. Pooled:
+/// dispose it to give its buffers back.
+/// </summary>
+public sealed class DirtyPageList : IDisposable
+{
+    internal ObjectPool<DirtyPageList>? Pool;
+    private ulong[] _pages = new ulong[64];
+    private readonly List<(MemorySlot Slot, int Start, int Count)> _slots = [];
+
+    /// <summary>The total number of dirty pages.</summary>
+    public int Count { get; private set; }
+
+    /// <summary>The slots with dirty pages.</summary>
+    public int SlotCount => _slots.Count;
+
+    /// <summary>The <paramref name="index"/>-th slot with dirty pages (0 ≤ index &lt; <see cref="SlotCount"/>).</summary>
+    public MemorySlot SlotAt(int index) => _slots[index].Slot;
+
+    /// <summary>The dirty page numbers (ascending, relative to the slot) of the <paramref name="index"/>-th slot.</summary>
+    public ReadOnlySpan<ulong> PagesAt(int index)
+    {
+        var (_, start, count) = _slots[index];
+        return _pages.AsSpan(start, count);
+    }
+
+    /// <summary>The dirty page numbers of <paramref name="slot"/> (empty if none).</summary>
+    public ReadOnlySpan<ulong> PagesOf(MemorySlot slot)
+    {
+        foreach (var (s, start, count) in _slots)
+            if (s == slot) return _pages.AsSpan(start, count);
+        return default;
+    }
+
+    /// <summary>Guest-physical addresses of every dirty page, for diagnostics (allocates).</summary>
+    public IEnumerable<ulong> Addresses()
+    {
+        for (int i = 0; i < _slots.Count; i++)
+        {
+            var (slot, start, count) = _slots[i];
+            for (int j = 0; j < count; j++) yield return slot.GuestPhysicalAddress + _pages[start + j] * (ulong)VirtualMachine.PageSize;
+        }
+    }
+
+    internal void Clear()
+    {
+        _slots.Clear();
+        Count = 0;
+    }
+
+    /// <summary>Appends the set bits of <paramref name="bitmap"/> as the pages of <paramref name="slot"/>.</summary>
+    internal void AddBitmap(MemorySlot slot, ReadOnlySpan<ulong> bitmap)
+    {
+        int start = Count;
+        for (int w = 0; w < bitmap.Length; w++)
+        {
+            ulong bits = bitmap[w];
+            while (bits != 0)
+            {
+                int b = BitOperations.TrailingZeroCount(bits);
+                bits &= bits - 1;
+                if (Count == _pages.Length) Array.Resize(ref _pages, _pages.Length * 2);
+                _pages[Count++] = (ulong)w * 64 + (ulong)b;
+            }
+        }
+        if (Count > start) _slots.Add((slot, start, Count - start));
+    }
+
+    /// <summary>Returns the list to its pool.</summary>
+    public void Dispose()
+    {
+        Clear();
+        var pool = Pool;
+        Pool = null;
+        pool?.Return(this);
+    }
+
+    internal sealed class Policy : PooledObjectPolicy<DirtyPageList>
+    {
+        public override DirtyPageList Create() => new();
+
+        public override bool Return(DirtyPageList obj)
+        {
+            obj.Clear();
+            return true;
+        }
+    }
+}
+
+/// <summary>
+/// Tracks the pages of a VM's memory that were written — by the guest (reported by KVM) or by the
+/// host through <see cref="MemorySlot"/> write methods — and yields them, once each, per harvest.
+/// Created by <see cref="VirtualMachine.EnableDirtyTracking"/>; every slot of the VM is tracked
+/// (KVM_MEM_LOG_DIRTY_PAGES is set on it).
+/// </summary>
+/// <remarks>
+/// Thread-safe. Host writes through raw spans (<see cref="MemorySlot.Span"/>, <see cref="MemorySlot.GetSpan"/>)
+/// are invisible to KVM: report them with <see cref="MarkHostWrite"/>.
+/// </remarks>
+public sealed unsafe class DirtyPageTracker
+{
+    private static readonly ObjectPool<DirtyPageList> s_lists = new DefaultObjectPool<DirtyPageList>(new DirtyPageList.Policy());
+
+    private readonly VirtualMachine _vm;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<MemorySlot, SlotState> _slots = [];
+
+    private sealed class SlotState(MemorySlot slot)
+    {
+        public readonly MemorySlot Slot = slot;
+        public readonly int Words = (int)((slot.Size / (ulong)VirtualMachine.PageSize + 63) / 64);
+        public ulong[] Pending = new ulong[(int)((slot.Size / (ulong)VirtualMachine.PageSize + 63) / 64)];
+        public NativeBuffer? KernelBitmap; // KVM_GET_DIRTY_LOG's buffer, allocated once
+    }
+
+    internal DirtyPageTracker(VirtualMachine vm, DirtyLogBackend backend, int ringBytes)
+    {
+        _vm = vm;
+        Backend = backend;
+        RingBytes = ringBytes;
+    }
+
+    /// <summary>The back end in use.</summary>
+    public DirtyLogBackend Backend { get; }
+
+    /// <summary>For <see cref="DirtyLogBackend.DirtyRing"/>: each vCPU's ring size in bytes.</summary>
+    public int RingBytes { get; }
+
+    internal void Track(MemorySlot slot)
+    {
+        lock (_lock) _slots[slot] = new SlotState(slot);
+    }
+
+    internal void Untrack(MemorySlot slot)
+    {
+        lock (_lock)
+        {
+            if (_slots.Remove(slot, out var st)) st.KernelBitmap?.Dispose();
+        }
+    }
+
+    /// <summary>Records that the host wrote guest memory at <paramref name="address"/> (for writes through raw spans).</summary>
+    /// <exception cref="ArgumentException">Part of the range is in no tracked slot.</exception>
+    public void MarkHostWrite(ulong address, ulong length)
+    {
+        if (length == 0) return;
+        lock (_lock)
+        {
+            ulong end = address + length;
+            while (address < end)
+            {
+                var st = FindState(address) ?? throw new ArgumentException($"Guest-physical address 0x{address:X} is in no tracked memory slot.", nameof(address));
+                ulong page = (address - st.Slot.GuestPhysicalAddress) / (ulong)VirtualMachine.PageSize;
+                ulong last = (Math.Min(end, st.Slot.EndAddress) - 1 - st.Slot.GuestPhysicalAddress) / (ulong)VirtualMachine.PageSize;
+                for (ulong p = page; p <= last; p++) st.Pending[p / 64] |= 1UL << (int)(p % 64);
+                address = st.Slot.GuestPhysicalAddress + (last + 1) * (ulong)VirtualMachine.PageSize;
+            }
+        }
+    }
+
+    /// <summary>Called by the slot write methods: same as <see cref="MarkHostWrite"/> within one known slot.</summary>
+    internal void MarkSlotWrite(MemorySlot slot, ulong offset, ulong length)
+    {
+        if (length == 0) return;
+        lock (_lock)
+        {
+            if (!_slots.TryGetValue(slot, out var st)) return;
+            ulong ps = (ulong)VirtualMachine.PageSize;
+            for (ulong p = offset / ps, last = (offset + length - 1) / ps; p <= last; p++) st.Pending[p / 64] |= 1UL << (int)(p % 64);
+        }
+    }
+
+    private SlotState? FindState(ulong address)
+    {
+        foreach (var st in _slots.Values)
+            if (st.Slot.Contains(address)) return st;
+        return null;
+    }
+
+    /// <summary>
+    /// Returns every page written since the last harvest (by the guest or through the slot write
+    /// methods), each once, and starts a new tracking period. Wraps KVM_GET_DIRTY_LOG (+ KVM_CLEAR_DIRTY_LOG),
+    /// or reads the vCPUs' dirty rings and calls KVM_RESET_DIRTY_RINGS. Allocates nothing once warm.
+    /// </summary>
+    /// <remarks>Pages the guest writes while the harvest runs are reported by this harvest or the next one.</remarks>
+    /// <exception cref="KvmException">An ioctl failed.</exception>
+    public DirtyPageList Harvest()
+    {
+        var list = s_lists.Get();
+        list.Pool = s_lists;
+        lock (_lock)
+        {
+            Collect();
+            foreach (var st in _slots.Values)
+            {
+                list.AddBitmap(st.Slot, st.Pending);
+                Array.Clear(st.Pending);
+            }
+        }
+        return list;
+    }
+
+    /// <summary>Moves what KVM reports into the pending bitmaps (caller holds the lock).</summary>
+    private void Collect()
+    {
+        if (Backend == DirtyLogBackend.DirtyRing)
+        {
+            CollectRings();
+            return;
+        }
+        foreach (var st in _slots.Values)
+        {
+            if ((st.Slot.Flags & MemorySlotFlags.LogDirtyPages) == 0) continue; // read-only: only host writes
+            int bytes = st.Words * 8;
+            st.KernelBitmap ??= new NativeBuffer(Math.Max(bytes, 8));
+            var view = new StructView(st.KernelBitmap, 0, Math.Max(bytes, 8));
+            var log = new kvm_dirty_log { slot = (uint)st.Slot.Slot, dirty_bitmap = (ulong)view.Address };
+            int r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, (nint)(&log));
+            if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_GET_DIRTY_LOG, r, $"slot {st.Slot.Slot}");
+            var bitmap = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(view.Span.Slice(0, bytes));
+            bool any = false;
+            for (int w = 0; w < bitmap.Length; w++)
+            {
+                if (bitmap[w] == 0) continue;
+                st.Pending[w] |= bitmap[w];
+                any = true;
+            }
+            if (Backend == DirtyLogBackend.ManualProtect && any)
+            {
+                // Re-arm write protection for exactly the pages we were told about.
+                var clear = new kvm_clear_dirty_log
+                {
+                    slot = (uint)st.Slot.Slot, first_page = 0,
+                    num_pages = (uint)(st.Slot.Size / (ulong)VirtualMachine.PageSize), dirty_bitmap = (ulong)view.Address,
+                };
+                r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_CLEAR_DIRTY_LOG, (nint)(&clear));
+                if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_CLEAR_DIRTY_LOG, r, $"slot {st.Slot.Slot}, {clear.num_pages} pages");
+            }
+        }
+    }
+
+    /// <summary>Empties every vCPU's ring into the pending bitmaps, then KVM_RESET_DIRTY_RINGS (caller holds the lock).</summary>
+    private void CollectRings()
+    {
+        bool any = false;
+        foreach (var vcpu in _vm.Vcpus)
+        {
+            var ring = vcpu.DirtyRing;
+            if (ring is null) continue;
+            int entries = RingBytes / sizeof(kvm_dirty_gfn);
+            while (true)
+            {
+                int i = (int)(ring.Fetch % (uint)entries);
+                ref var gfn = ref ring.View.At<kvm_dirty_gfn>(i * sizeof(kvm_dirty_gfn));
+                // Acquire: the slot/offset written by KVM are visible once DIRTY is.
+                if ((Volatile.Read(ref gfn.flags) & kvm_dirty_gfn.KVM_DIRTY_GFN_F_DIRTY) == 0) break;
+                int slotId = (int)(gfn.slot & 0xFFFF);
+                foreach (var st in _slots.Values)
+                {
+                    if (st.Slot.Slot == slotId && gfn.offset < st.Slot.Size / (ulong)VirtualMachine.PageSize)
+                    {
+                        st.Pending[gfn.offset / 64] |= 1UL << (int)(gfn.offset % 64);
+                        break;
+                    }
+                }
+                Volatile.Write(ref gfn.flags, kvm_dirty_gfn.KVM_DIRTY_GFN_F_RESET); // release: hand the entry back
+                ring.Fetch++;
+                any = true;
+            }
+        }
+        if (any)
+        {
+            int r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_RESET_DIRTY_RINGS, 0);
+            if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_RESET_DIRTY_RINGS, r);
+        }
+    }
+
+    /// <summary>A vCPU exited with KVM_EXIT_DIRTY_RING_FULL: drain the rings so it can go on.</summary>
+    internal void OnRingFull()
+    {
+        lock (_lock) CollectRings();
+    }
+}
+
+/// <summary>A vCPU's mapped dirty ring and its harvest position.</summary>
+internal sealed class DirtyRing(MappedMemoryHandle mapping, int bytes) : IDisposable
+{
+    public readonly StructView View = new(mapping, 0, bytes);
+    public uint Fetch;
+
+    public void Dispose() => mapping.Dispose();
+}

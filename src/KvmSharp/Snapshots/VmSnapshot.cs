@@ -1,0 +1,217 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using KvmSharp.Registers;
+
+namespace KvmSharp.Snapshots;
+
+/// <summary>
+/// A VM's complete state at one moment: every vCPU's registers (level Full, MP state and events
+/// included) and the contents of every memory slot. Created by <see cref="VirtualMachine.CreateSnapshot"/>,
+/// applied by <see cref="VirtualMachine.Restore"/>; can be saved to and loaded from a stream.
+/// Immutable and thread-safe.
+/// </summary>
+/// <remarks>
+/// <para>Stream format, version 1 (all integers little-endian):</para>
+/// <code>
+/// "KVMSNAP\0"  u32 version=1  u32 architecture  u32 vcpuCount  u32 slotCount
+/// vcpuCount × { i32 vcpuId  u32 setCount  setCount × { u64 setKey  u32 length  byte[length] } }
+/// slotCount × { i32 slot  u32 flags  u64 guestPhysicalAddress  u64 size  byte[size] }
+/// byte[32] SHA-256 of everything above
+/// </code>
+/// <para>Register sets are stored as KVM's structs in the byte order of the machine that saved them,
+/// so a snapshot is for the same architecture (and byte order) only.</para>
+/// </remarks>
+public sealed class VmSnapshot
+{
+    private static ReadOnlySpan<byte> Magic => "KVMSNAP\0"u8;
+
+    /// <summary>The format version <see cref="Save"/> writes and <see cref="Load"/> reads.</summary>
+    public const int FormatVersion = 1;
+
+    internal VmSnapshot(KvmArchitecture architecture, (int Id, RegisterState State)[] vcpus, SlotImage[] slots)
+    {
+        Architecture = architecture;
+        VcpuStates = vcpus;
+        Slots = slots;
+    }
+
+    /// <summary>The architecture the snapshot belongs to.</summary>
+    public KvmArchitecture Architecture { get; }
+
+    internal (int Id, RegisterState State)[] VcpuStates { get; }
+
+    internal SlotImage[] Slots { get; }
+
+    /// <summary>The vCPU ids captured, in order.</summary>
+    public IEnumerable<int> VcpuIds => VcpuStates.Select(v => v.Id);
+
+    /// <summary>The register state captured for vCPU <paramref name="vcpuId"/>.</summary>
+    /// <exception cref="KeyNotFoundException">No such vCPU in the snapshot.</exception>
+    public RegisterState GetRegisters(int vcpuId)
+    {
+        foreach (var (id, state) in VcpuStates)
+            if (id == vcpuId) return state;
+        throw new KeyNotFoundException($"The snapshot has no vCPU {vcpuId}.");
+    }
+
+    /// <summary>Total bytes of guest memory captured.</summary>
+    public long MemoryBytes => Slots.Sum(s => (long)s.Size);
+
+    /// <summary>The captured bytes of guest memory at <paramref name="address"/>.</summary>
+    /// <exception cref="ArgumentException">The range is not inside one captured slot.</exception>
+    public ReadOnlySpan<byte> GetMemory(ulong address, int length)
+    {
+        foreach (var s in Slots)
+            if (address >= s.GuestPhysicalAddress && (ulong)length <= s.Size && address - s.GuestPhysicalAddress <= s.Size - (ulong)length)
+                return s.Data.AsSpan((int)(address - s.GuestPhysicalAddress), length);
+        throw new ArgumentException($"Guest range 0x{address:X}+0x{length:X} is not inside one captured slot.", nameof(address));
+    }
+
+    internal sealed record SlotImage(int Slot, MemorySlotFlags Flags, ulong GuestPhysicalAddress, ulong Size, byte[] Data);
+
+    /// <summary>Writes the snapshot in the versioned format described on this type.</summary>
+    /// <exception cref="IOException">Writing failed.</exception>
+    public void Save(Stream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var w = new HashingWriter(stream, hash);
+        w.Write(Magic);
+        w.U32(FormatVersion);
+        w.U32((uint)Architecture);
+        w.U32((uint)VcpuStates.Length);
+        w.U32((uint)Slots.Length);
+        foreach (var (id, state) in VcpuStates)
+        {
+            w.U32((uint)id);
+            var keys = state.Sets.ToArray();
+            w.U32((uint)keys.Length);
+            foreach (var key in keys)
+            {
+                var bytes = state.Get(key);
+                w.U64(key);
+                w.U32((uint)bytes.Length);
+                w.Write(bytes);
+            }
+        }
+        foreach (var s in Slots)
+        {
+            w.U32((uint)s.Slot);
+            w.U32((uint)s.Flags);
+            w.U64(s.GuestPhysicalAddress);
+            w.U64(s.Size);
+            w.Write(s.Data);
+        }
+        stream.Write(hash.GetHashAndReset());
+    }
+
+    /// <summary>Reads a snapshot written by <see cref="Save"/>.</summary>
+    /// <exception cref="InvalidDataException">Not a snapshot, an unknown version, truncated, or corrupted (checksum mismatch); the message says which and where.</exception>
+    /// <exception cref="IOException">Reading failed.</exception>
+    public static VmSnapshot Load(Stream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var r = new HashingReader(stream, hash);
+        Span<byte> magic = stackalloc byte[8];
+        r.Read(magic, "the header");
+        if (!magic.SequenceEqual(Magic)) throw new InvalidDataException("Not a KvmSharp snapshot: the stream does not start with \"KVMSNAP\\0\".");
+        uint version = r.U32("the version");
+        if (version != FormatVersion) throw new InvalidDataException($"Snapshot format version {version} is not supported; this KvmSharp reads version {FormatVersion}.");
+        uint arch = r.U32("the architecture");
+        if (!Enum.IsDefined((KvmArchitecture)arch)) throw new InvalidDataException($"Snapshot names unknown architecture {arch}.");
+        uint vcpuCount = r.U32("the vCPU count"), slotCount = r.U32("the slot count");
+        if (vcpuCount > 4096 || slotCount > 65536) throw new InvalidDataException($"Snapshot header is implausible ({vcpuCount} vCPUs, {slotCount} slots): corrupted.");
+        var vcpus = new (int, RegisterState)[vcpuCount];
+        for (int i = 0; i < vcpuCount; i++)
+        {
+            int id = (int)r.U32($"vCPU {i}'s id");
+            uint sets = r.U32($"vCPU {id}'s set count");
+            if (sets > 1 << 16) throw new InvalidDataException($"vCPU {id} claims {sets} register sets: corrupted.");
+            var dict = new SortedDictionary<ulong, byte[]>();
+            for (int k = 0; k < sets; k++)
+            {
+                ulong key = r.U64($"vCPU {id}'s set key");
+                uint len = r.U32($"vCPU {id}'s set 0x{key:X} length");
+                if (len > 1 << 20) throw new InvalidDataException($"vCPU {id} set 0x{key:X} claims {len} bytes: corrupted.");
+                var bytes = new byte[len];
+                r.Read(bytes, $"vCPU {id}'s set 0x{key:X}");
+                dict[key] = bytes;
+            }
+            vcpus[i] = (id, new RegisterState((KvmArchitecture)arch, dict));
+        }
+        var slots = new SlotImage[slotCount];
+        for (int i = 0; i < slotCount; i++)
+        {
+            int slot = (int)r.U32($"slot record {i}");
+            var flags = (MemorySlotFlags)r.U32($"slot {slot}'s flags");
+            ulong gpa = r.U64($"slot {slot}'s address"), size = r.U64($"slot {slot}'s size");
+            if (size > (ulong)Array.MaxLength) throw new InvalidDataException($"Slot {slot} claims 0x{size:X} bytes: corrupted or too large.");
+            var data = GC.AllocateUninitializedArray<byte>((int)size);
+            r.Read(data, $"slot {slot}'s memory");
+            slots[i] = new SlotImage(slot, flags, gpa, size, data);
+        }
+        Span<byte> expected = stackalloc byte[32];
+        hash.GetHashAndReset(expected);
+        Span<byte> stored = stackalloc byte[32];
+        r.ReadRaw(stored, "the checksum");
+        if (!expected.SequenceEqual(stored)) throw new InvalidDataException("Snapshot checksum mismatch: the data is corrupted.");
+        return new VmSnapshot((KvmArchitecture)arch, vcpus, slots);
+    }
+
+    private readonly struct HashingWriter(Stream stream, IncrementalHash hash)
+    {
+        public void Write(ReadOnlySpan<byte> bytes)
+        {
+            hash.AppendData(bytes);
+            stream.Write(bytes);
+        }
+
+        public void U32(uint v)
+        {
+            Span<byte> b = stackalloc byte[4];
+            BinaryPrimitives.WriteUInt32LittleEndian(b, v);
+            Write(b);
+        }
+
+        public void U64(ulong v)
+        {
+            Span<byte> b = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(b, v);
+            Write(b);
+        }
+    }
+
+    private sealed class HashingReader(Stream stream, IncrementalHash hash)
+    {
+        private long _offset;
+
+        public void ReadRaw(Span<byte> into, string what)
+        {
+            int got = stream.ReadAtLeast(into, into.Length, throwOnEndOfStream: false);
+            if (got < into.Length)
+                throw new InvalidDataException($"Snapshot truncated: {what} needs {into.Length} bytes at offset {_offset}, but the stream ends after {got}.");
+            _offset += got;
+        }
+
+        public void Read(Span<byte> into, string what)
+        {
+            ReadRaw(into, what);
+            hash.AppendData(into);
+        }
+
+        public uint U32(string what)
+        {
+            Span<byte> b = stackalloc byte[4];
+            Read(b, what);
+            return BinaryPrimitives.ReadUInt32LittleEndian(b);
+        }
+
+        public ulong U64(string what)
+        {
+            Span<byte> b = stackalloc byte[8];
+            Read(b, what);
+            return BinaryPrimitives.ReadUInt64LittleEndian(b);
+        }
+    }
+}

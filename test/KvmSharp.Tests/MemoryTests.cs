@@ -1,0 +1,293 @@
+using KvmSharp.Guests;
+using KvmSharp.Snapshots;
+using KvmSharp.Tests.Guests;
+using KvmSharp.Tests.Model;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace KvmSharp.Tests;
+
+public class SlotManagementTests : KvmTestBase
+{
+    [Test]
+    public void MoveAndFlags_AreValidatedAndApplied()
+    {
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(rbx, 0x600000UL);
+            a.mov(rax, __qword_ptr[rbx]);
+            a.hlt();
+        });
+        var extra = g.Vm.AddMemorySlot(0x400000, 0x1000);
+        extra.Write(0x400000, 0xABCDUL);
+        Assert.Throws<ArgumentException>(() => extra.Move(0x1000), "overlaps the RAM slot");
+        Assert.Throws<ArgumentException>(() => extra.Move(0x600800), "unaligned");
+        extra.Move(0x600000);
+        Assert.That(extra.GuestPhysicalAddress, Is.EqualTo(0x600000UL));
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+        Assert.That(g.Cpu.X86.Rax, Is.EqualTo(0xABCDUL), "the guest reads the moved slot's memory at its new address");
+
+        extra.SetFlags(MemorySlotFlags.LogDirtyPages);
+        Assert.That(extra.Flags, Is.EqualTo(MemorySlotFlags.LogDirtyPages));
+        var ex = Assert.Throws<ArgumentException>(() => extra.SetFlags(MemorySlotFlags.ReadOnly));
+        Assert.That(ex!.Message, Does.Contain("KVM_MEM_READONLY"));
+    }
+
+    [Test]
+    public void VmWideTranslation_CrossesSlots_AndNamesHoles()
+    {
+        using var vm = Kvm.CreateVirtualMachine();
+        vm.AddMemorySlot(0x0, 0x2000);
+        vm.AddMemorySlot(0x2000, 0x2000);
+        vm.AddMemorySlot(0x8000, 0x1000);
+        byte[] data = [.. Enumerable.Range(0, 0x100).Select(i => (byte)i)];
+        vm.WriteGuest(0x1F80, data);                         // crosses slot 0 → slot 1
+        var back = new byte[0x100];
+        vm.ReadGuest(0x1F80, back);
+        Assert.That(back, Is.EqualTo(data));
+        Assert.That(vm.GetGuestSpan(0x2000, 0x10)[0], Is.EqualTo(0x80));
+        var ex = Assert.Throws<ArgumentException>(() => vm.ReadGuest(0x3F00, new byte[0x200]));
+        Assert.That(ex!.Message, Does.Contain("0x4000").And.Contain("not backed"));
+        var ex2 = Assert.Throws<ArgumentException>(() => vm.WriteGuest(0x3FF0, new byte[0x20]));
+        Assert.That(ex2!.Message, Does.Contain("0x4000"));
+        Assert.That(vm.GetGuestSpan(0x3FF0, 0x10).ToArray(), Is.All.EqualTo(0), "a refused write writes nothing");
+        Assert.Throws<ArgumentException>(() => vm.GetGuestSpan(0x1FF0, 0x20), "a span cannot cross slots");
+    }
+}
+
+[TestFixture(DirtyLogBackend.GetDirtyLog)]
+[TestFixture(DirtyLogBackend.ManualProtect)]
+[TestFixture(DirtyLogBackend.DirtyRing)]
+public class DirtyTrackingTests(DirtyLogBackend backend) : KvmTestBase
+{
+    private const ulong Data = 0x400000;
+
+    /// <summary>A VM with tracking on (the ring needs it before vCPUs), RAM, a 2 MiB data slot, one CPL0 vCPU.</summary>
+    private (VirtualMachine, MemorySlot, Vcpu) Create(Action<Iced.Intel.Assembler> code, int ringEntries = 4096)
+    {
+        var vm = Kvm.CreateVirtualMachine();
+        var tracker = vm.EnableDirtyTracking(backend, ringEntries);
+        Assert.That(tracker.Backend, Is.EqualTo(backend));
+        var ram = vm.AddMemorySlot(0, TestGuest.RamSize);
+        var data = vm.AddMemorySlot(Data, 0x200000);
+        var cpu = vm.CreateVcpu();
+        var asm = new Iced.Intel.Assembler(64);
+        code(asm);
+        using var ms = new MemoryStream();
+        asm.Assemble(new Iced.Intel.StreamCodeWriter(ms), TestGuest.CodeAddress);
+        ram.GetSpan(TestGuest.CodeAddress, (int)ms.Length).Clear();
+        ms.ToArray().CopyTo(ram.GetSpan(TestGuest.CodeAddress, (int)ms.Length));
+        X86LongMode.Setup(cpu, ram, TestGuest.CodeAddress, TestGuest.StackTop);
+        tracker.Harvest().Dispose(); // setup writes are not what the test is about
+        return (vm, data, cpu);
+    }
+
+    private static ulong[] Pages(DirtyPageList list) => [.. list.Addresses()];
+
+    [Test]
+    public void ReportsExactlyThePagesTheGuestWrote_NotThoseItOnlyRead()
+    {
+        var (vm, data, cpu) = Create(a =>
+        {
+            a.mov(rbx, Data);
+            a.mov(__qword_ptr[rbx + 0x1008], rax);    // page 1
+            a.mov(rcx, __qword_ptr[rbx + 0x3000]);    // page 3: read only
+            a.mov(__byte_ptr[rbx + 0x5FFF], cl);      // page 5
+            a.mov(__dword_ptr[rbx + 0x9000], 1);      // page 9
+            a.hlt();
+        });
+        using (vm)
+        {
+            Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+            using (var dirty = vm.DirtyTracker!.Harvest())
+            {
+                Assert.That(Pages(dirty), Is.EqualTo(new[] { Data + 0x1000, Data + 0x5000, Data + 0x9000 }));
+                Assert.That(dirty.PagesOf(data).ToArray(), Is.EqualTo(new ulong[] { 1, 5, 9 }));
+            }
+            using (var again = vm.DirtyTracker!.Harvest())
+                Assert.That(again.Count, Is.EqualTo(0), "each page is reported once");
+
+            data.Write(Data + 0x7010, 42); // a host write through the slot API is reported too
+            cpu.X86.Rip = TestGuest.CodeAddress;
+            Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+            using var third = vm.DirtyTracker!.Harvest();
+            Assert.That(Pages(third), Is.EqualTo(new[] { Data + 0x1000, Data + 0x5000, Data + 0x7000, Data + 0x9000 }));
+        }
+    }
+
+    [Test]
+    public void ManyPages_AreAllReported_EvenPastAFullDirtyRing()
+    {
+        const int pages = 300; // more than a 256-entry ring holds
+        var (vm, data, cpu) = Create(a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(rbx, Data);
+            a.mov(ecx, pages);
+            a.Label(ref loop);
+            a.mov(__byte_ptr[rbx], 1);
+            a.add(rbx, 0x1000);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.hlt();
+        }, ringEntries: 256);
+        using (vm)
+        {
+            Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+            using var dirty = vm.DirtyTracker!.Harvest();
+            Assert.That(dirty.PagesOf(data).ToArray(), Is.EqualTo(Enumerable.Range(0, pages).Select(i => (ulong)i).ToArray()));
+        }
+    }
+}
+
+public class SnapshotTests : KvmTestBase
+{
+    private const ulong Data = 0x400000;
+
+    /// <summary>Each run: writes rax to data[rdi*8] for rdi in 0..rcx, mutates registers, reports via port 0x70.</summary>
+    private TestGuest Mutator()
+    {
+        var g = TestGuest.LongMode(Kvm, a =>
+        {
+            var top = a.CreateLabel();
+            var loop = a.CreateLabel();
+            a.Label(ref top);
+            a.mov(rbx, Data);
+            a.xor(edi, edi);
+            a.Label(ref loop);
+            a.mov(__qword_ptr[rbx + rdi * 8], rax);
+            a.add(rdi, 512);                          // one qword per page
+            a.dec(rcx);
+            a.jnz(loop);
+            a.imul(rax, rax, 7);
+            a.add(rax, 3);
+            a.mov(rcx, rsi);
+            a.mov(dx, 0x70);
+            a.@out(dx, eax);
+            a.jmp(top);
+        });
+        g.Vm.AddMemorySlot(Data, 0x400000);
+        g.Cpu.X86.Rax = 1;
+        g.Cpu.X86.Rcx = 4;
+        g.Cpu.X86.Rsi = 4;
+        return g;
+    }
+
+    [Test]
+    public void Restore_BringsBackByteExactMemoryAndIdenticalRegisters()
+    {
+        using var g = Mutator();
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io));
+        var snap = g.Vm.CreateSnapshot();
+        var memory = g.Vm.MemorySlots.Select(s => s.Span.ToArray()).ToArray();
+        var regs = g.Cpu.Registers.SaveState();
+        var outputs = new List<uint>();
+        for (int i = 0; i < 3; i++) outputs.Add(g.Cpu.Run().Io.Value);
+        g.Ram.Write(0x30000, 0xFFFFUL); // a host write
+        Assert.That(SameMemory(g.Vm, memory), Is.False, "the guest changed memory");
+
+        g.Vm.Restore(snap);
+        Assert.That(SameMemory(g.Vm, memory), Is.True, "byte-exact memory");
+        Assert.That(g.Cpu.Registers.SaveState().ContentEquals(regs), Is.True, "identical registers");
+        var again = new List<uint>();
+        for (int i = 0; i < 3; i++) again.Add(g.Cpu.Run().Io.Value);
+        Assert.That(again, Is.EqualTo(outputs), "the guest repeats itself");
+    }
+
+    [TestCase(0)]
+    [TestCase(1)]
+    [TestCase(100)]
+    public void RestoreAfterNDirtyPages_CopiesThoseAndMatches(int pagesPerRun)
+    {
+        using var g = Mutator();
+        g.Cpu.X86.Rcx = (ulong)Math.Max(pagesPerRun, 1);
+        g.Cpu.X86.Rsi = (ulong)Math.Max(pagesPerRun, 1);
+        var snap = g.Vm.CreateSnapshot();
+        var memory = g.Vm.MemorySlots.Select(s => s.Span.ToArray()).ToArray();
+        if (pagesPerRun > 0) Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io));
+        using (var peek = g.Vm.DirtyTracker!.Harvest())
+        {
+            Assert.That(peek.Count, Is.EqualTo(pagesPerRun), "the guest dirtied exactly that many pages");
+            foreach (var a in peek.Addresses()) g.Vm.DirtyTracker.MarkHostWrite(a, 1); // put them back for Restore
+        }
+        g.Vm.Restore(snap);
+        Assert.That(SameMemory(g.Vm, memory), Is.True);
+    }
+
+    // NUnit compares large arrays element by element (slowly); a span compare is a memcmp.
+    private static bool SameMemory(VirtualMachine vm, byte[][] memory)
+    {
+        var slots = vm.MemorySlots;
+        return slots.Count == memory.Length && slots.Select((s, i) => s.Span.SequenceEqual(memory[i])).All(x => x);
+    }
+
+    [Test]
+    public void AThousandRestoreCycles_LeakNothing()
+    {
+        var kernel = new RecordingKernel();
+        using var kvm = Kvm.Open(kernel, Kvm.DefaultDevicePath, KvmArchitecture.X86_64);
+        using var g = TestGuest.LongMode(kvm, a =>
+        {
+            a.mov(rbx, 0x20000UL);
+            a.inc(__qword_ptr[rbx]);
+            a.mov(dx, 0x70);
+            a.@out(dx, al);
+            a.hlt();
+        });
+        var snap = g.Vm.CreateSnapshot();
+        int fds = kernel.LiveFds, maps = kernel.LiveMappings;
+        for (int i = 0; i < 200; i++) Cycle();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 1000; i++) Cycle();
+        long perCycle = (GC.GetAllocatedBytesForCurrentThread() - before) / 1000;
+        Assert.That((kernel.LiveFds, kernel.LiveMappings), Is.EqualTo((fds, maps)));
+        Assert.That(g.Ram.Read<ulong>(0x20000), Is.EqualTo(0UL), "the counter is restored every time");
+        Assert.That(perCycle, Is.LessThan(4096), "restore allocates (almost) nothing per cycle");
+
+        void Cycle()
+        {
+            Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io));
+            Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+            g.Vm.Restore(snap);
+        }
+    }
+
+    [Test]
+    public void SaveAndLoad_RoundTrips_AndRejectsTruncatedOrCorruptedData()
+    {
+        using var g = Mutator();
+        g.Cpu.Run();
+        var snap = g.Vm.CreateSnapshot();
+        using var ms = new MemoryStream();
+        snap.Save(ms);
+        var bytes = ms.ToArray();
+        var loaded = VmSnapshot.Load(new MemoryStream(bytes));
+        Assert.That(loaded.GetRegisters(0).ContentEquals(snap.GetRegisters(0)), Is.True);
+        Assert.That(loaded.GetMemory(Data, 64).ToArray(), Is.EqualTo(snap.GetMemory(Data, 64).ToArray()));
+        Assert.That(loaded.MemoryBytes, Is.EqualTo(snap.MemoryBytes));
+
+        // A loaded snapshot restores into a fresh VM of the same shape: the first restore copies everything.
+        using var g2 = Mutator();
+        g2.Vm.Restore(loaded);
+        Assert.That(SameMemory(g2.Vm, [.. g.Vm.MemorySlots.Select(s => s.Span.ToArray())]), Is.True);
+        Assert.That(g2.Cpu.Run().Io.Value, Is.EqualTo(g.Cpu.Run().Io.Value));
+
+        var truncated = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(new MemoryStream(bytes[..(bytes.Length / 2)])));
+        Assert.That(truncated!.Message, Does.Contain("truncated"));
+        var corrupt = (byte[])bytes.Clone();
+        corrupt[bytes.Length / 3] ^= 0x40;
+        var bad = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(new MemoryStream(corrupt)));
+        Assert.That(bad!.Message, Does.Contain("checksum mismatch").Or.Contain("corrupted"));
+        var notSnap = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(new MemoryStream("hello world, not a snapshot"u8.ToArray())));
+        Assert.That(notSnap!.Message, Does.Contain("Not a KvmSharp snapshot"));
+    }
+
+    [Test]
+    public void Restore_RefusesAMismatchedVm_NamingTheDifference()
+    {
+        using var g = Mutator();
+        var snap = g.Vm.CreateSnapshot();
+        using var other = TestGuest.LongMode(Kvm, a => a.hlt());
+        var ex = Assert.Throws<ArgumentException>(() => other.Vm.Restore(snap));
+        Assert.That(ex!.Message, Does.Contain("slot 1"));
+    }
+}
