@@ -525,7 +525,8 @@ public sealed class Vcpu : IDisposable
         byte saved = run[1];
         run[1] = 1;
         int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-        run[1] = saved;
+        // A RequestExit or Invoke kick that arrived meanwhile must keep its immediate_exit.
+        run[1] = Volatile.Read(ref _exitRequested) != 0 || !_invokes.IsEmpty ? (byte)1 : saved;
         if (r < 0 && r != -Errno.EINTR) ThrowRunFailed(r);
     }
 

@@ -38,7 +38,14 @@ internal abstract unsafe class KernelModel : IKernel
 
     public IReadOnlyDictionary<string, int> Counts => _counts;
 
-    public void ResetCounts() => _counts.Clear();
+    public void ResetCounts()
+    {
+        _counts.Clear();
+        OnCountsReset();
+    }
+
+    /// <summary>Called by <see cref="ResetCounts"/>: subclasses clear their own per-period counters here.</summary>
+    protected virtual void OnCountsReset() { }
 
     public int LiveMappings => _mappings.Count;
 
