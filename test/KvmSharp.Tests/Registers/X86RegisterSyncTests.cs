@@ -101,6 +101,25 @@ public class X86RegisterSyncTests(bool syncRegs) : KvmTestBase
     }
 
     [Test]
+    public void HotExits_AllocateNothing()
+    {
+        using var g = Guest(Counter);
+        var x86 = g.Cpu.X86;
+        for (int i = 0; i < 100; i++) Exit(i); // warm up (JIT, first-run setup)
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 1000; i++) Exit(i);
+        Assert.That(GC.GetAllocatedBytesForCurrentThread() - before, Is.EqualTo(0));
+
+        void Exit(int i)
+        {
+            _ = x86.Rip;
+            x86.Rax = (ulong)i;
+            var exit = g.Cpu.Run();
+            if (exit.Io.Port != Port) Assert.Fail("unexpected exit");
+        }
+    }
+
+    [Test]
     public void AFetchAfterAWrite_DoesNotClobberIt()
     {
         using var g = Guest(Counter);
