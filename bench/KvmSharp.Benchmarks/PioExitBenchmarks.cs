@@ -25,8 +25,7 @@ public class PioExitBenchmarks
 
     private NativePioLoop? _native;
     private RawKvmVm? _raw;
-    private Kvm? _kvm;
-    private VirtualMachine? _vm;
+    private KvmSharpGuest? _guest;
     private Vcpu? _vcpu;
 
     // ---- raw C ------------------------------------------------------------------------------
@@ -69,27 +68,13 @@ public class PioExitBenchmarks
     [GlobalSetup(Target = nameof(KvmSharpLibrary))]
     public void SetupKvmSharp()
     {
-        _kvm = Kvm.Open();
-        _vm = _kvm.CreateVirtualMachine();
-        var slot = _vm.AddMemorySlot(0, GuestCode.MemorySize);
-        slot.Write(GuestCode.Address, GuestCode.Code);
-        _vcpu = _vm.CreateVcpu();
-        ref var s = ref _vcpu.X86.EditSpecialRegisters();
-        s.Cs.Base = 0;
-        s.Cs.Selector = 0;
-        ref var g = ref _vcpu.X86.EditGprs();
-        g.Rip = GuestCode.Address;
-        g.Rflags = 2;
+        _guest = new KvmSharpGuest(GuestCode.Code);
+        _vcpu = _guest.Vcpu;
         KvmSharpOneExit(_vcpu);
     }
 
     [GlobalCleanup(Target = nameof(KvmSharpLibrary))]
-    public void CleanupKvmSharp()
-    {
-        _vcpu?.Dispose();
-        _vm?.Dispose();
-        _kvm?.Dispose();
-    }
+    public void CleanupKvmSharp() => _guest?.Dispose();
 
     [Benchmark(OperationsPerInvoke = Exits, Description = "KvmSharp Vcpu.Run")]
     public void KvmSharpLibrary()

@@ -5,12 +5,30 @@ namespace KvmSharp.Benchmarks;
 /// <summary>
 /// Entry point: <c>dotnet run -c Release --project bench/KvmSharp.Benchmarks -- --filter '*PioExit*'</c>
 /// (add <c>--job dry</c> for a smoke run of a few seconds, <c>--job short</c> for a quick estimate).
+/// <para>
+/// <c>--count-ioctls WAY [EXITS]</c> runs no benchmark: it sets up one <see cref="RegisterSyncWay"/>
+/// (<c>rawc</c>, <c>lazy</c>, <c>eager</c>, <c>eager-kvmsharp</c>), runs EXITS exits (default 10000)
+/// and exits, so that a tracer (<c>/work/shared/tools/ioctl-count</c>) can count its ioctls; run it
+/// with EXITS 0 too, to subtract the setup.
+/// </para>
+/// <para>
+/// <c>--interleaved [ROUNDS]</c> runs no benchmark either: it sets up all four ways in one process
+/// and times batches of <see cref="RegisterSyncBenchmarks.Exits"/> exits round-robin (default 2000
+/// rounds), reporting each way's median and quartiles per exit. On a noisy host, where the kernel's
+/// exit cost drifts during BenchmarkDotNet's sequential runs, this shows the ratios with the drift
+/// shared by all ways.
+/// </para>
 /// </summary>
 public static class Program
 {
-    /// <returns>0, or 1 when a benchmark failed (so that a CI smoke run notices).</returns>
+    /// <returns>0, or 1 when a benchmark failed (so that a CI smoke run notices), or 2 for bad arguments.</returns>
     public static int Main(string[] args)
     {
+        if (args is ["--count-ioctls", ..])
+            return CountIoctls(args[1..]);
+        if (args is ["--interleaved", ..])
+            return Interleaved(args[1..]);
+
         // BenchmarkDotNet 0.14 has no net10.0 toolchain, so it cannot generate and build a separate
         // benchmark project: run in this process (InProcessEmitToolchain) instead. This is done with
         // the --inProcess switch rather than a job in a global config, because a global default job
@@ -20,5 +38,80 @@ public static class Program
         var summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         bool failed = summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success));
         return failed ? 1 : 0;
+    }
+
+    private static int CountIoctls(string[] args)
+    {
+        RegisterSyncWay? way = args is [var name, ..] ? name switch
+        {
+            "rawc" => RegisterSyncWay.RawCSyncRegs,
+            "lazy" => RegisterSyncWay.KvmSharpLazy,
+            "eager" => RegisterSyncWay.RawEager,
+            "eager-kvmsharp" => RegisterSyncWay.KvmSharpEager,
+            _ => null,
+        } : null;
+        int exits = 10000;
+        if (way is null || args.Length > 2 || (args.Length == 2 && (!int.TryParse(args[1], out exits) || exits < 0)))
+        {
+            Console.Error.WriteLine("usage: --count-ioctls rawc|lazy|eager|eager-kvmsharp [EXITS (default 10000)]");
+            return 2;
+        }
+        // Setup (VM, vCPU, registers) and the first exit happen in Create; EXITS exits follow.
+        using var loop = RegisterSyncLoop.Create(way.Value);
+        long allocated = GC.GetAllocatedBytesForCurrentThread();
+        loop.Run(exits);
+        allocated = GC.GetAllocatedBytesForCurrentThread() - allocated;
+        Console.WriteLine($"{way}: {exits} exits after setup, all checked (RIP at each exit 0x{loop.ExitRip:x}); " +
+            $"{allocated} managed bytes allocated by the exits");
+        return 0;
+    }
+
+    private static int Interleaved(string[] args)
+    {
+        int rounds = 2000;
+        if (args.Length > 1 || (args.Length == 1 && (!int.TryParse(args[0], out rounds) || rounds < 1)))
+        {
+            Console.Error.WriteLine("usage: --interleaved [ROUNDS (default 2000)]");
+            return 2;
+        }
+        const int exits = RegisterSyncBenchmarks.Exits;
+        var ways = Enum.GetValues<RegisterSyncWay>();
+        var loops = new List<RegisterSyncLoop>();
+        try
+        {
+            foreach (var way in ways) loops.Add(RegisterSyncLoop.Create(way));
+            foreach (var loop in loops) loop.Run(20 * exits); // warm-up: JIT tiers, kernel caches
+            var ns = new double[ways.Length][];
+            for (int w = 0; w < ways.Length; w++) ns[w] = new double[rounds];
+            for (int r = 0; r < rounds; r++)
+            {
+                for (int w = 0; w < ways.Length; w++)
+                {
+                    long t = System.Diagnostics.Stopwatch.GetTimestamp();
+                    loops[w].Run(exits);
+                    ns[w][r] = System.Diagnostics.Stopwatch.GetElapsedTime(t).TotalNanoseconds / exits;
+                }
+            }
+            double baseline = Median(ns[0]);
+            Console.WriteLine($"{rounds} interleaved rounds of {exits} exits per way; ns/exit");
+            Console.WriteLine($"{"way",-16} {"median",8} {"Q1",8} {"Q3",8} {"ratio",6}");
+            for (int w = 0; w < ways.Length; w++)
+            {
+                Array.Sort(ns[w]);
+                double m = Median(ns[w]);
+                Console.WriteLine($"{ways[w],-16} {m,8:F0} {ns[w][rounds / 4],8:F0} {ns[w][3 * rounds / 4],8:F0} {m / baseline,6:F2}");
+            }
+            return 0;
+        }
+        finally
+        {
+            foreach (var loop in loops) loop.Dispose();
+        }
+
+        static double Median(double[] values)
+        {
+            var sorted = values.Order().ToArray();
+            return sorted[sorted.Length / 2];
+        }
     }
 }

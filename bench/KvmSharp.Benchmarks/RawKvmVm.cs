@@ -4,8 +4,9 @@ using System.Runtime.InteropServices;
 namespace KvmSharp.Benchmarks;
 
 /// <summary>
-/// The PIO guest driven with the benchmark's own libc imports and hand-laid-out structs: what a
-/// minimal C#-without-a-library KVM user would write. Used as the "raw P/Invoke" comparison point.
+/// A PIO guest driven with the benchmark's own libc imports and hand-laid-out structs: what a
+/// minimal C#-without-a-library KVM user would write. Used as the "raw P/Invoke" comparison point
+/// of <see cref="PioExitBenchmarks"/> and as the eager-register VMM of <see cref="RegisterSyncBenchmarks"/>.
 /// </summary>
 internal sealed unsafe partial class RawKvmVm : IDisposable
 {
@@ -16,6 +17,7 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
     private const nuint KVM_SET_USER_MEMORY_REGION = 0x4020AE46;
     private const nuint KVM_GET_SREGS = 0x8138AE83;
     private const nuint KVM_SET_SREGS = 0x4138AE84;
+    private const nuint KVM_GET_REGS = 0x8090AE81;
     private const nuint KVM_SET_REGS = 0x4090AE82;
     private const nuint KVM_RUN = 0xAE80;
 
@@ -23,7 +25,9 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
     private const int SizeofKvmSregs = 312, SizeofKvmRegs = 144;
     // struct kvm_run: exit_reason at 8; the exit union at 32, where kvm_run.io is
     // { u8 direction; u8 size; u16 port; u32 count; u64 data_offset; }.
-    private const int RunExitReason = 8, RunIoPort = 32 + 2;
+    private const int RunExitReason = 8, RunIoSize = 32 + 1, RunIoPort = 32 + 2, RunIoDataOffset = 32 + 8;
+    // struct kvm_regs: rax at 0, …, rip at 128, rflags at 136.
+    private const int RegsRax = 0, RegsRip = 128, RegsRflags = 136;
 
     private const int O_RDWR = 0x2, O_CLOEXEC = 0x80000;
     private const int PROT_READ = 0x1, PROT_WRITE = 0x2;
@@ -31,10 +35,15 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
 
     private readonly int _kvmFd = -1, _vmFd = -1, _vcpuFd = -1;
     private readonly nint _mem, _run;
+    private readonly byte* _regs; // a kvm_regs buffer for the eager handler
     private readonly nuint _runSize;
     private bool _disposed;
 
-    public RawKvmVm()
+    /// <summary>Sets up <see cref="GuestCode.Code"/> (the <see cref="PioExitBenchmarks"/> guest).</summary>
+    public RawKvmVm() : this(GuestCode.Code) { }
+
+    /// <summary>Sets up a VM running <paramref name="code"/> at <see cref="GuestCode.Address"/>.</summary>
+    public RawKvmVm(ReadOnlySpan<byte> code)
     {
         try
         {
@@ -43,7 +52,7 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
 
             _mem = mmap(0, (nuint)GuestCode.MemorySize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (_mem == -1) throw Failed("mmap guest memory");
-            GuestCode.Code.CopyTo(new Span<byte>((byte*)_mem + GuestCode.Address, GuestCode.Code.Length));
+            code.CopyTo(new Span<byte>((byte*)_mem + GuestCode.Address, code.Length));
 
             // struct kvm_userspace_memory_region { u32 slot; u32 flags; u64 guest_phys_addr; u64 memory_size; u64 userspace_addr; }
             ulong* region = stackalloc ulong[4];
@@ -66,12 +75,11 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
             *(ushort*)(sregs + 12) = 0;
             Check(ioctl(_vcpuFd, KVM_SET_SREGS, (nint)sregs), "KVM_SET_SREGS");
 
-            // struct kvm_regs: 16 GPRs, then rip at 128 and rflags at 136.
-            byte* regs = stackalloc byte[SizeofKvmRegs];
-            new Span<byte>(regs, SizeofKvmRegs).Clear();
-            *(ulong*)(regs + 128) = GuestCode.Address;
-            *(ulong*)(regs + 136) = 2; // bit 1 of RFLAGS is reserved and reads as 1
-            Check(ioctl(_vcpuFd, KVM_SET_REGS, (nint)regs), "KVM_SET_REGS");
+            _regs = (byte*)NativeMemory.AlignedAlloc(SizeofKvmRegs, 64);
+            new Span<byte>(_regs, SizeofKvmRegs).Clear();
+            *(ulong*)(_regs + RegsRip) = GuestCode.Address;
+            *(ulong*)(_regs + RegsRflags) = 2; // bit 1 of RFLAGS is reserved and reads as 1
+            Check(ioctl(_vcpuFd, KVM_SET_REGS, (nint)_regs), "KVM_SET_REGS");
         }
         catch
         {
@@ -87,16 +95,46 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void RunOneExit()
     {
-        if (ioctl_run(_vcpuFd, KVM_RUN, 0) < 0) ThrowRunFailed();
+        if (ioctl_hot(_vcpuFd, KVM_RUN, 0) < 0) ThrowRunFailed();
         byte* run = (byte*)_run;
         if (*(uint*)(run + RunExitReason) != KvmExitIo || *(ushort*)(run + RunIoPort) != GuestCode.Port)
             ThrowUnexpectedExit(*(uint*)(run + RunExitReason), *(ushort*)(run + RunIoPort));
+    }
+
+    /// <summary>
+    /// RIP now, read with KVM_GET_REGS (for setup: the eager handler below reads it itself).
+    /// </summary>
+    public ulong GetRip()
+    {
+        Check(ioctl(_vcpuFd, KVM_GET_REGS, (nint)_regs), "KVM_GET_REGS");
+        return *(ulong*)(_regs + RegsRip);
+    }
+
+    /// <summary>
+    /// One exit of <see cref="GuestCode.OutAxCode"/> handled the way a naive VMM does, with three
+    /// ioctls: KVM_GET_REGS, check RIP, RAX = <paramref name="next"/>, KVM_SET_REGS; then KVM_RUN and
+    /// check that the guest output <paramref name="next"/>'s low 16 bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void HandleExitWithRegsIoctls(ulong expectedRip, ulong next)
+    {
+        byte* regs = _regs;
+        if (ioctl_hot(_vcpuFd, KVM_GET_REGS, (nint)regs) < 0) ThrowIoctlFailed("KVM_GET_REGS");
+        ulong rip = *(ulong*)(regs + RegsRip);
+        if (rip != expectedRip) ThrowWrongRip(rip, expectedRip);
+        *(ulong*)(regs + RegsRax) = next;
+        if (ioctl_hot(_vcpuFd, KVM_SET_REGS, (nint)regs) < 0) ThrowIoctlFailed("KVM_SET_REGS");
+        RunOneExit();
+        byte* run = (byte*)_run;
+        ushort got = *(ushort*)(run + *(ulong*)(run + RunIoDataOffset));
+        if (run[RunIoSize] != 2 || got != (ushort)next) ThrowWrongValue(run[RunIoSize], got, (ushort)next);
     }
 
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
+        if (_regs != null) NativeMemory.AlignedFree(_regs);
         if (_run != 0 && _run != -1) munmap(_run, _runSize);
         if (_vcpuFd >= 0) close(_vcpuFd);
         if (_mem != 0 && _mem != -1) munmap(_mem, (nuint)GuestCode.MemorySize);
@@ -110,8 +148,19 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
         new($"{what} failed: errno {Marshal.GetLastPInvokeError()}");
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void ThrowRunFailed() =>
-        throw new InvalidOperationException($"KVM_RUN failed: errno {Marshal.GetLastSystemError()}");
+    private static void ThrowRunFailed() => ThrowIoctlFailed("KVM_RUN");
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowIoctlFailed(string what) =>
+        throw new InvalidOperationException($"{what} failed: errno {Marshal.GetLastSystemError()}");
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowWrongRip(ulong rip, ulong expected) =>
+        throw new InvalidOperationException($"RIP at the exit was 0x{rip:x}, not 0x{expected:x} as at the first exit.");
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowWrongValue(int size, ushort got, ushort expected) =>
+        throw new InvalidOperationException($"The guest output {size} bytes, value 0x{got:x}; expected AX = 0x{expected:x} (the RAX written at the previous exit).");
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowUnexpectedExit(uint reason, ushort port) =>
@@ -130,12 +179,13 @@ internal sealed unsafe partial class RawKvmVm : IDisposable
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, nint arg);
 
-    // PERF: the hot-path import has SetLastError = false and only blittable arguments, so the
-    // generated stub is a bare call (no errno save/restore, no marshalling). The GC transition is
-    // kept: KVM_RUN blocks for microseconds, so [SuppressGCTransition] would be wrong here.
-    // The error path then reads errno with GetLastSystemError, which is good enough for a message.
+    // PERF: the hot-path import (KVM_RUN, and KVM_GET/SET_REGS in the eager handler) has
+    // SetLastError = false and only blittable arguments, so the generated stub is a bare call (no
+    // errno save/restore, no marshalling). The GC transition is kept: KVM_RUN blocks for
+    // microseconds, so [SuppressGCTransition] would be wrong here. The error path then reads errno
+    // with GetLastSystemError, which is good enough for a message.
     [LibraryImport("libc", EntryPoint = "ioctl")]
-    private static partial int ioctl_run(int fd, nuint request, nint arg);
+    private static partial int ioctl_hot(int fd, nuint request, nint arg);
 
     [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
     private static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);

@@ -368,7 +368,7 @@ public sealed class Vcpu : IDisposable
     /// <summary>Blocks the kick signal in this thread (once per thread) and tells KVM to unblock it inside KVM_RUN (once per vCPU).</summary>
     private unsafe int PrepareThread()
     {
-        KickSignal.BlockInCurrentThread();
+        int tid = KickSignal.PrepareCurrentThread();
         if (!_signalMaskSet)
         {
             using var buf = new NativeBuffer(sizeof(kvm_signal_mask) + Libc.KernelSigsetBytes);
@@ -379,7 +379,7 @@ public sealed class Vcpu : IDisposable
             if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_SIGNAL_MASK, r, $"vcpu {Id}, unblocking signal {KickSignal.Number} inside KVM_RUN");
             _signalMaskSet = true;
         }
-        return Libc.gettid();
+        return tid;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

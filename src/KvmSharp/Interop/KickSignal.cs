@@ -13,6 +13,7 @@ internal static unsafe class KickSignal
     private static int s_signal;
 
     [ThreadStatic] private static bool t_blocked;
+    [ThreadStatic] private static int t_tid;
 
     /// <summary>The signal number: SIGRTMAX - 2 unless set before first use.</summary>
     public static int Number
@@ -34,10 +35,18 @@ internal static unsafe class KickSignal
             throw new InvalidOperationException($"The kick signal is {s_signal} already: set it before the first vCPU runs.");
     }
 
-    /// <summary>Blocks the kick signal in the calling thread (once per thread).</summary>
-    public static void BlockInCurrentThread()
+    /// <summary>
+    /// Blocks the kick signal in the calling thread (once per thread) and returns the thread's OS id.
+    /// PERF: both are cached per thread, so a run costs no extra syscall.
+    /// </summary>
+    public static int PrepareCurrentThread()
     {
-        if (t_blocked) return;
+        if (!t_blocked) BlockInCurrentThread();
+        return t_tid != 0 ? t_tid : (t_tid = Libc.gettid());
+    }
+
+    private static void BlockInCurrentThread()
+    {
         byte* set = stackalloc byte[Libc.UserSigsetBytes];
         new Span<byte>(set, Libc.UserSigsetBytes).Clear();
         AddTo(new Span<byte>(set, Libc.UserSigsetBytes), Number);

@@ -15,7 +15,11 @@ internal sealed class LinuxKernel : IKernel
 
     public int Close(int fd) => Result(Libc.close(fd));
 
-    public int Ioctl(int fd, KvmIoctl request, nint arg) => Result(Libc.ioctl(fd, request.Number, arg));
+    public int Ioctl(int fd, KvmIoctl request, nint arg)
+    {
+        int r = Libc.ioctl(fd, request.Number, arg);
+        return r >= 0 ? r : -Marshal.GetLastSystemError();
+    }
 
     public nint Mmap(nuint length, int prot, int flags, int fd, long offset)
     {
