@@ -126,6 +126,7 @@ public sealed unsafe class DirtyPageTracker
     private readonly VirtualMachine _vm;
     private readonly Lock _lock = new();
     private readonly Dictionary<MemorySlot, SlotState> _slots = [];
+    private readonly List<DirtyRing> _rings = []; // its own list: harvesting never takes the VM's lock
 
     private sealed class SlotState(MemorySlot slot)
     {
@@ -151,6 +152,17 @@ public sealed unsafe class DirtyPageTracker
     internal void Track(MemorySlot slot)
     {
         lock (_lock) _slots[slot] = new SlotState(slot);
+    }
+
+    internal void AddRing(DirtyRing ring)
+    {
+        lock (_lock) _rings.Add(ring);
+    }
+
+    /// <summary>Forgets a vCPU's ring; after this returns no harvest reads it, so it may be unmapped.</summary>
+    internal void RemoveRing(DirtyRing ring)
+    {
+        lock (_lock) _rings.Remove(ring);
     }
 
     internal void Untrack(MemorySlot slot)
@@ -265,10 +277,8 @@ public sealed unsafe class DirtyPageTracker
     private void CollectRings()
     {
         bool any = false;
-        foreach (var vcpu in _vm.Vcpus)
+        foreach (var ring in _rings)
         {
-            var ring = vcpu.DirtyRing;
-            if (ring is null) continue;
             int entries = RingBytes / sizeof(kvm_dirty_gfn);
             while (true)
             {

@@ -41,6 +41,8 @@ public sealed class Vcpu : IDisposable
     private int _runningTid; // OS thread id while inside (or about to enter) KVM_RUN, 0 otherwise
     private int _kickers;    // threads between reading _runningTid and sending the signal
     private int _exitRequested;
+    private int _invokeCount;
+    private int _holdDepth;  // touched only by the owning thread
     private bool _signalMaskSet;
     private int _disposing;
     private bool _disposed;
@@ -97,6 +99,16 @@ public sealed class Vcpu : IDisposable
 
     /// <summary>True while a thread is inside <see cref="Run()"/> for this vCPU.</summary>
     public bool IsRunning => Volatile.Read(ref _runningTid) != 0;
+
+    /// <summary>True when a thread other than the caller owns the vCPU (running it, holding it in a run loop, or in an Invoke action).</summary>
+    internal bool IsOwnedByAnotherThread
+    {
+        get
+        {
+            int owner = Volatile.Read(ref _owner);
+            return owner != 0 && owner != Environment.CurrentManagedThreadId;
+        }
+    }
 
     /// <summary>
     /// The real-time signal used to kick vCPU threads out of KVM_RUN: SIGRTMAX-2 unless changed with
@@ -164,6 +176,7 @@ public sealed class Vcpu : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void CheckAccess()
     {
+        if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
         int owner = Volatile.Read(ref _owner);
         if (owner != 0 && owner != Environment.CurrentManagedThreadId) ThrowWrongThread(owner);
     }
@@ -179,13 +192,17 @@ public sealed class Vcpu : IDisposable
 
     /// <summary>
     /// Whether the next <see cref="Run()"/> returns at once with <see cref="VcpuExitReason.Interrupted"/>
-    /// (<c>kvm_run.immediate_exit</c>; needs KVM_CAP_IMMEDIATE_EXIT). Used to complete a pending I/O or
-    /// MMIO exit without running guest code. <see cref="RequestExit"/> sets it from any thread.
+    /// (via <c>kvm_run.immediate_exit</c>; needs KVM_CAP_IMMEDIATE_EXIT). Setting it is
+    /// <see cref="RequestExit"/>; clearing it is <see cref="CancelExitRequest"/>.
     /// </summary>
     public bool ImmediateExit
     {
-        get => RunSpan()[1] != 0;
-        set => RunSpan()[1] = value ? (byte)1 : (byte)0;
+        get => Volatile.Read(ref _exitRequested) != 0;
+        set
+        {
+            if (value) RequestExit();
+            else CancelExitRequest();
+        }
     }
 
     /// <summary>
@@ -224,7 +241,9 @@ public sealed class Vcpu : IDisposable
     {
         int me = Environment.CurrentManagedThreadId;
         if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
-        if (Interlocked.CompareExchange(ref _owner, me, 0) != 0) ThrowOwned(me);
+        // A run loop (VcpuRunner) holds the vCPU between runs; otherwise each Run takes and releases it.
+        bool held = _holdDepth > 0 && Volatile.Read(ref _owner) == me;
+        if (!held && Interlocked.CompareExchange(ref _owner, me, 0) != 0) ThrowOwned(me);
         try
         {
             if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
@@ -232,11 +251,19 @@ public sealed class Vcpu : IDisposable
             var run = _run.Slice(0, _runLength);
             while (true)
             {
-                if (!_invokes.IsEmpty) RunInvokes();
+                if (Volatile.Read(ref _invokeCount) != 0)
+                {
+                    RunInvokes();
+                    // An action may have disposed the vCPU: touch nothing of it any more.
+                    if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+                }
                 _hooks.BeforeRun();
                 // PERF: one interlocked write to publish the thread, one to withdraw it; KVM_RUN itself
                 // is a full barrier, so a RequestExit either sees the thread or its immediate_exit is seen.
                 Interlocked.Exchange(ref _runningTid, tid);
+                // The request flag is the truth: a stale immediate_exit from an earlier kick is cleared,
+                // a request made before this point makes KVM_RUN return at once.
+                run[1] = Volatile.Read(ref _exitRequested) != 0 || Volatile.Read(ref _invokeCount) != 0 ? (byte)1 : (byte)0;
                 int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
                 Interlocked.Exchange(ref _runningTid, 0);
                 // A kicker that read our tid before we withdrew it is sending the signal now: wait for
@@ -253,12 +280,13 @@ public sealed class Vcpu : IDisposable
                     }
                     break;
                 }
-                if (r != -Errno.EINTR) ThrowRunFailed(r);
-                // Interrupted: consume the kick signal (it stays pending after KVM_RUN), clear the request.
+                // EAGAIN: an x86 AP left KVM_MP_STATE_UNINITIALIZED (INIT/SIPI); enter again, as QEMU does.
+                if (r != -Errno.EINTR && r != -Errno.EAGAIN) ThrowRunFailed(r);
+                // Interrupted: consume the kick signal (it stays pending after KVM_RUN).
                 KickSignal.Drain();
+                // Only a request (or disposal) ends the run; an Invoke kick, a stray signal or EAGAIN re-enters.
+                if (Interlocked.Exchange(ref _exitRequested, 0) == 0 && Volatile.Read(ref _disposing) == 0) continue;
                 run[1] = 0;
-                bool requested = Interlocked.Exchange(ref _exitRequested, 0) != 0;
-                if (!requested && !_invokes.IsEmpty) continue; // kicked only to run Invoke actions
                 // KVM leaves exit_reason stale on EINTR; report the interruption itself.
                 MemoryMarshal.Write(run.Slice(8, 4), (uint)VcpuExitReason.Interrupted);
                 break;
@@ -267,8 +295,32 @@ public sealed class Vcpu : IDisposable
         }
         finally
         {
-            Release();
+            if (!held) Release();
         }
+    }
+
+    /// <summary>
+    /// Keeps the vCPU owned by the calling thread between runs, until <see cref="Unhold"/>: used by run
+    /// loops, so that another thread's <see cref="Invoke"/> waits for the loop's next run (and runs on
+    /// its thread) instead of taking the vCPU in the middle of an exit's handling.
+    /// </summary>
+    internal void Hold()
+    {
+        int me = Environment.CurrentManagedThreadId;
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        if (_holdDepth > 0 && Volatile.Read(ref _owner) == me)
+        {
+            _holdDepth++;
+            return;
+        }
+        if (Interlocked.CompareExchange(ref _owner, me, 0) != 0) ThrowOwned(me);
+        _holdDepth = 1;
+    }
+
+    /// <summary>Ends a <see cref="Hold"/>; the last one releases the vCPU (serving queued Invoke actions).</summary>
+    internal void Unhold()
+    {
+        if (--_holdDepth == 0) Release();
     }
 
     /// <summary>
@@ -336,33 +388,37 @@ public sealed class Vcpu : IDisposable
     /// </summary>
     public void RequestExit()
     {
-        if (_disposed) return;
+        if (Volatile.Read(ref _disposing) != 0) return;
         Volatile.Write(ref _exitRequested, 1);
         Kick();
     }
 
     /// <summary>Withdraws a <see cref="RequestExit"/> that no run has consumed yet.</summary>
-    public void CancelExitRequest()
-    {
-        if (_disposed) return;
-        Volatile.Write(ref _exitRequested, 0);
-        if (Volatile.Read(ref _owner) == 0 && _invokes.IsEmpty) RunSpan()[1] = 0;
-    }
+    public void CancelExitRequest() => Volatile.Write(ref _exitRequested, 0);
 
     /// <summary>immediate_exit, then the signal to the thread inside KVM_RUN, if any.</summary>
     private void Kick()
     {
-        _run.Slice(0, 2)[1] = 1;
-        Interlocked.Increment(ref _kickers); // full barrier: immediate_exit is visible before we look for the thread
+        // Counted before the disposal check: Dispose waits for every kicker that got past it before
+        // it unmaps kvm_run, so this write never hits freed memory.
+        Interlocked.Increment(ref _kickers);
         try
         {
-            int tid = Volatile.Read(ref _runningTid);
-            if (tid != 0) KickSignal.Send(tid);
+            if (Volatile.Read(ref _disposing) != 0) return;
+            KickUnchecked();
         }
         finally
         {
             Interlocked.Decrement(ref _kickers);
         }
+    }
+
+    private void KickUnchecked()
+    {
+        _run.Slice(0, 2)[1] = 1;
+        Interlocked.MemoryBarrier(); // immediate_exit is visible before we look for the thread
+        int tid = Volatile.Read(ref _runningTid);
+        if (tid != 0) KickSignal.Send(tid);
     }
 
     /// <summary>Blocks the kick signal in this thread (once per thread) and tells KVM to unblock it inside KVM_RUN (once per vCPU).</summary>
@@ -398,7 +454,7 @@ public sealed class Vcpu : IDisposable
         Interlocked.Exchange(ref _owner, 0);
         // An Invoke that queued while we owned the vCPU and failed to take it over is waiting:
         // serve it now (Dekker with Invoke: both sides use full barriers).
-        while (!_invokes.IsEmpty && Volatile.Read(ref _disposing) == 0
+        while (Volatile.Read(ref _invokeCount) != 0 && Volatile.Read(ref _disposing) == 0
                && Interlocked.CompareExchange(ref _owner, Environment.CurrentManagedThreadId, 0) == 0)
         {
             try
@@ -450,6 +506,12 @@ public sealed class Vcpu : IDisposable
     {
         if (_disposed || Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
         _invokes.Enqueue(item);
+        Interlocked.Increment(ref _invokeCount);
+        if (Volatile.Read(ref _disposing) != 0)
+        {
+            FailQueued(); // Dispose raced us: it may have drained the queue before our item arrived
+            return;
+        }
         if (Interlocked.CompareExchange(ref _owner, Environment.CurrentManagedThreadId, 0) == 0)
         {
             // Nobody owns the vCPU: serve the queue here.
@@ -470,7 +532,20 @@ public sealed class Vcpu : IDisposable
 
     private void RunInvokes()
     {
-        while (_invokes.TryDequeue(out var item)) item.Execute(this);
+        while (_invokes.TryDequeue(out var item))
+        {
+            Interlocked.Decrement(ref _invokeCount);
+            item.Execute(this);
+        }
+    }
+
+    private void FailQueued()
+    {
+        while (_invokes.TryDequeue(out var item))
+        {
+            Interlocked.Decrement(ref _invokeCount);
+            item.Fail(new ObjectDisposedException(GetType().FullName));
+        }
     }
 
     private sealed class InvokeItem(Action<Vcpu> action, bool async)
@@ -519,16 +594,23 @@ public sealed class Vcpu : IDisposable
     /// access (and advances the PC past it) without running guest code. Used by the register
     /// strategies before they write registers the completion would clobber. Bypasses the cache hooks.
     /// </summary>
+    /// <exception cref="InvalidOperationException">Completing the access produced a new exit (a string I/O
+    /// or MMIO instruction that needs more data): handle exits until the instruction is done first.</exception>
     internal void CompletePendingAccess()
     {
         var run = RunSpan();
-        byte saved = run[1];
-        run[1] = 1;
+        run[1] = 1; // Run recomputes it from the request flag before every entry
         int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-        // A RequestExit or Invoke kick that arrived meanwhile must keep its immediate_exit.
-        run[1] = Volatile.Read(ref _exitRequested) != 0 || !_invokes.IsEmpty ? (byte)1 : saved;
-        if (r < 0 && r != -Errno.EINTR) ThrowRunFailed(r);
+        run[1] = 0;
+        if (r >= 0)
+            throw new InvalidOperationException(
+                $"vCPU {Id}: completing the pending I/O or MMIO access produced another exit ({(VcpuExitReason)LastExitReason}); a string or split access needs more handling before registers can be saved or written.");
+        if (r != -Errno.EINTR) ThrowRunFailed(r);
+        KickSignal.Drain();
     }
+
+    /// <summary>For a port I/O exit: whether it was an IN (<c>kvm_run.io.direction</c>).</summary>
+    internal bool LastIoDirectionIsIn => _run.Slice(0, _runLength)[Architecture.ExitUnionOffset()] == 0;
 
     /// <summary>The raw <c>kvm_run.exit_reason</c> of the last run (stale after an EINTR).</summary>
     internal uint LastExitReason => MemoryMarshal.Read<uint>(_run.Slice(8, 4));
@@ -574,7 +656,7 @@ public sealed class Vcpu : IDisposable
     {
         if (Interlocked.Exchange(ref _disposing, 1) != 0)
         {
-            while (!_disposed) Thread.Sleep(1); // another thread is disposing: wait for it
+            while (!Volatile.Read(ref _disposed)) Thread.Sleep(1); // another thread is disposing: wait for it
             return;
         }
         int me = Environment.CurrentManagedThreadId;
@@ -584,18 +666,21 @@ public sealed class Vcpu : IDisposable
             var spin = new SpinWait();
             while (Interlocked.CompareExchange(ref _owner, me, 0) != 0)
             {
-                Kick();
+                KickUnchecked(); // the mapping is alive: only this thread unmaps it, below
                 spin.SpinOnce(sleep1Threshold: 20);
             }
         }
-        _disposed = true;
-        while (_invokes.TryDequeue(out var item)) item.Fail(new ObjectDisposedException(GetType().FullName));
+        // Kickers that passed the disposal check before it was set finish their write first.
+        while (Volatile.Read(ref _kickers) != 0) Thread.Yield();
+        FailQueued();
         _timer?.Dispose();
+        // Leave the VM (and its dirty tracker) before the ring and kvm_run go away.
+        _vm.OnVcpuDisposed(this);
         _hooks.Release();
         DirtyRing?.Dispose();
         _run.Dispose();
         _fd.Dispose();
-        _vm.OnVcpuDisposed(this);
+        Volatile.Write(ref _disposed, true);
         if (!ownedByMe) Interlocked.Exchange(ref _owner, 0);
     }
 }

@@ -77,6 +77,19 @@ public sealed class VcpuRunner
     /// <exception cref="KvmException">KVM_RUN failed.</exception>
     public RunResult Run(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
     {
+        Vcpu.Hold(); // own the vCPU across exits: Invoke actions run at the next entry, not mid-handler
+        try
+        {
+            return RunHeld(timeout, cancellationToken);
+        }
+        finally
+        {
+            Vcpu.Unhold();
+        }
+    }
+
+    private RunResult RunHeld(TimeSpan? timeout, CancellationToken cancellationToken)
+    {
         Volatile.Write(ref _stop, 0);
         Volatile.Write(ref _timedOut, 0);
         Volatile.Write(ref _cancelled, 0);

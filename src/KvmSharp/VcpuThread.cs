@@ -49,13 +49,17 @@ public sealed class VcpuThread : IDisposable
             {
                 lock (_lock)
                 {
+                    bool parked = false;
                     while (_pauseRequested && !_stopRequested)
                     {
-                        _paused = true;
+                        _paused = parked = true;
                         Monitor.PulseAll(_lock);
                         Monitor.Wait(_lock);
                     }
                     _paused = false;
+                    // Pause re-kicks until the thread parks; a kick that landed after the park must not
+                    // cut the first run after Resume short.
+                    if (parked) Vcpu.CancelExitRequest();
                     if (_stopRequested)
                     {
                         _completion.TrySetResult(new RunResult(RunStopReason.StopRequested, VcpuExitReason.Interrupted, 0, 0));

@@ -141,6 +141,8 @@ public sealed class VirtualMachine : IDisposable
         lock (_lock)
         {
             ThrowIfAnyRunning();
+            // Registers first: saving completes a pending I/O or MMIO access, which may write memory.
+            var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
             tracker.Harvest().Dispose(); // start a fresh tracking period: memory == snapshot from here
             var slots = _slots.OrderBy(s => s.Slot).Select(s =>
             {
@@ -148,7 +150,6 @@ public sealed class VirtualMachine : IDisposable
                 s.Mapping.Slice(0, data.Length).CopyTo(data);
                 return new VmSnapshot.SlotImage(s.Slot, s.Flags, s.GuestPhysicalAddress, s.Size, data);
             }).ToArray();
-            var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
             var snapshot = new VmSnapshot(Architecture, vcpus, slots);
             _baseline = snapshot;
             return snapshot;
@@ -176,6 +177,10 @@ public sealed class VirtualMachine : IDisposable
             ThrowIfAnyRunning();
             var slots = MatchSlots(snapshot);
             var vcpus = MatchVcpus(snapshot);
+            // Registers first: restoring completes a pending I/O or MMIO access, whose memory writes
+            // are then among the dirty pages copied back below.
+            foreach (var (vcpu, state) in vcpus)
+                vcpu.Registers.RestoreState(state);
             using (var dirty = tracker.Harvest())
             {
                 if (ReferenceEquals(_baseline, snapshot))
@@ -197,8 +202,6 @@ public sealed class VirtualMachine : IDisposable
                     _baseline = snapshot;
                 }
             }
-            foreach (var (vcpu, state) in vcpus)
-                vcpu.Registers.RestoreState(state);
         }
     }
 
@@ -236,7 +239,7 @@ public sealed class VirtualMachine : IDisposable
     {
         _ = Fd;
         foreach (var v in _vcpus)
-            if (v.IsRunning) throw new InvalidOperationException($"vCPU {v.Id} is running; pause every vCPU before taking or restoring a snapshot.");
+            if (v.IsOwnedByAnotherThread) throw new InvalidOperationException($"vCPU {v.Id} is running or owned by another thread; pause every vCPU before taking or restoring a snapshot.");
     }
 
     private unsafe void EnableCap(KvmCapability cap, ulong arg0)
@@ -336,6 +339,7 @@ public sealed class VirtualMachine : IDisposable
                 var slot = new MemorySlot(this, slotId, guestPhysicalAddress, mapping, flags);
                 _slots.Add(slot);
                 if (track) DirtyTracker!.Track(slot);
+                _baseline = null; // memory no longer matches any snapshot's slot layout
                 return slot;
             }
             catch
@@ -486,6 +490,7 @@ public sealed class VirtualMachine : IDisposable
             SetRegion(slot.Slot, 0, slot.GuestPhysicalAddress, 0, 0);
             _slots.Remove(slot);
             DirtyTracker?.Untrack(slot);
+            _baseline = null;
         }
     }
 
@@ -544,6 +549,7 @@ public sealed class VirtualMachine : IDisposable
                 throw;
             }
             _vcpus.Add(vcpu);
+            if (ring is not null) DirtyTracker!.AddRing(ring);
             return vcpu;
         }
     }
@@ -551,6 +557,7 @@ public sealed class VirtualMachine : IDisposable
     internal void OnVcpuDisposed(Vcpu vcpu)
     {
         lock (_lock) _vcpus.Remove(vcpu);
+        if (vcpu.DirtyRing is { } ring) DirtyTracker?.RemoveRing(ring);
     }
 
     /// <summary>

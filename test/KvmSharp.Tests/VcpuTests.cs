@@ -50,12 +50,18 @@ public class VcpuTests : KvmTestBase
     }
 
     [Test]
-    public void Eintr_IsAnInterruptedExit_NotAnException()
+    public void StrayEintrOrEagain_ReEnters_OnlyARequestIsAnInterruptedExit()
     {
         var kernel = new RecordingKernel();
         using var kvm = Kvm.Open(kernel, Kvm.DefaultDevicePath, KvmArchitecture.X86_64);
         using var g = TestGuest.LongMode(kvm, a => a.hlt());
-        kernel.FailNext(KvmIoctls.KVM_RUN, Errno.EINTR);
+        kernel.FailNext(KvmIoctls.KVM_RUN, Errno.EINTR);   // a signal that is not a kick
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt), "not an exception, not an exit: the run goes on");
+        Assert.That(kernel.Count(KvmIoctls.KVM_RUN), Is.EqualTo(2));
+        g.Cpu.X86.Rip = TestGuest.CodeAddress;
+        kernel.FailNext(KvmIoctls.KVM_RUN, Errno.EAGAIN);  // an x86 AP leaving UNINITIALIZED
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+        g.Cpu.RequestExit();
         Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Interrupted));
     }
 

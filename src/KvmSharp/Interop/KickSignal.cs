@@ -85,5 +85,10 @@ internal static unsafe class KickSignal
     /// <summary>Sends the kick signal to thread <paramref name="tid"/> of this process; false if it is gone.</summary>
     public static bool Send(int tid) => Libc.tgkill(Libc.getpid(), tid, Number) == 0;
 
-    private static void AddTo(Span<byte> set, int signal) => set[(signal - 1) / 8] |= (byte)(1 << ((signal - 1) % 8));
+    /// <summary>
+    /// glibc's sigset_t is an array of unsigned longs with signal n at bit (n-1) % 64 of word (n-1) / 64,
+    /// so the bit is set on the word, not the byte: the byte differs on big-endian s390x.
+    /// </summary>
+    private static void AddTo(Span<byte> set, int signal) =>
+        MemoryMarshal.Cast<byte, ulong>(set)[(signal - 1) / 64] |= 1UL << ((signal - 1) % 64);
 }

@@ -50,7 +50,8 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     private X86RegisterSets _syncOnExit = X86RegisterSets.Gprs;
     private X86RegisterSets _valid;
     private X86RegisterSets _dirty;
-    private bool _accessPending;
+    private bool _accessPending;   // the last exit was port I/O or MMIO, not yet completed by KVM
+    private bool _writeCompletes;  // ... and it was an IN or MMIO: KVM's completion writes registers
 
     internal X86RegisterSync(Vcpu vcpu, MappedMemoryHandle run, int syncRegsCapability)
     {
@@ -235,6 +236,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
 
     private int Edit(X86RegisterSets set, int offset)
     {
+        BeforeWrite();
         Fetch(set);
         _dirty |= set;
         return offset;
@@ -308,6 +310,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         }
         set
         {
+            BeforeWrite();
             Fetch(X86RegisterSets.Xcrs);
             ref var x = ref _xcrs.At<kvm_xcrs>(0);
             int i = FindXcr(0);
@@ -342,6 +345,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         set
         {
             _vcpu.CheckAccess();
+            BeforeWrite();
             _mpState.At<uint>(0) = (uint)value;
             _valid |= X86RegisterSets.MpState;
             _dirty |= X86RegisterSets.MpState;
@@ -365,6 +369,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     public void SetMsr(uint index, ulong value)
     {
         var (set, view, slot) = LocateMsr(index);
+        BeforeWrite();
         Fetch(set);
         view.At<kvm_msr_entry>(8 + 16 * slot).data = value;
         _dirty |= set;
@@ -448,6 +453,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// <exception cref="KvmException">Fetching failed.</exception>
     public void MarkDirty(X86RegisterSets sets)
     {
+        BeforeWrite();
         Fetch(sets);
         _dirty |= sets;
     }
@@ -455,6 +461,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// <inheritdoc/>
     public void Push(SyncLevel level)
     {
+        BeforeWrite();
         _dirty |= _valid & (level >= SyncLevel.Reset ? X86RegisterSets.All : X86RegisterSets.All & ~ResetLevel);
         FlushWithIoctls();
     }
@@ -512,6 +519,18 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     }
 
     /// <summary>
+    /// After an IN or MMIO exit, KVM finishes the instruction at the next KVM_RUN by writing the
+    /// destination register and RIP, which would overwrite what the handler writes now. So the first
+    /// write after such an exit completes the access first (one KVM_RUN with immediate_exit, no
+    /// guest code): fill the exit's data before writing registers. OUT exits need no completion.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void BeforeWrite()
+    {
+        if (_writeCompletes) CompletePendingAccess();
+    }
+
+    /// <summary>
     /// After an I/O or MMIO exit KVM finishes the instruction (stores an IN's data, advances RIP) only
     /// at the next KVM_RUN. Do that now, without running guest code, so that the state captured or
     /// overwritten next is the state after the instruction (api.rst: "KVM_RUN with immediate_exit").
@@ -519,9 +538,9 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     private void CompletePendingAccess()
     {
         if (!_accessPending) return;
+        _accessPending = _writeCompletes = false;
         Flush(viaRun: true);
         _vcpu.CompletePendingAccess();
-        _accessPending = false;
         AfterRunCore();
     }
 
@@ -583,6 +602,13 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         // (see FlushOrder), and a set handed to kvm_run is only loaded at the next entry: write
         // them with ioctls then. Restores of running vCPUs (RUNNABLE) keep the ioctl-free path.
         bool orderMatters = (_dirty & X86RegisterSets.MpState) != 0 && _mpState.At<uint>(0) != (uint)MpState.Runnable;
+        if (orderMatters && _useSyncRegs)
+        {
+            // Sets already handed to kvm_run would load after SET_MP_STATE: write them now instead.
+            var pending = (X86RegisterSets)(long)_vcpu.RunDirtyRegs & SyncCapable;
+            _dirty |= pending;
+            _vcpu.RunDirtyRegs &= ~(ulong)pending;
+        }
         if (viaRun && _useSyncRegs && !orderMatters)
         {
             var syncable = _dirty & SyncCapable;
@@ -603,6 +629,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     {
         uint reason = _vcpu.LastExitReason;
         _accessPending = result >= 0 && (reason == (uint)VcpuExitReason.Io || reason == (uint)VcpuExitReason.Mmio);
+        _writeCompletes = _accessPending && (reason == (uint)VcpuExitReason.Mmio || _vcpu.LastIoDirectionIsIn);
         AfterRunCore();
     }
 
