@@ -196,6 +196,7 @@ public sealed class S390xRegisterSync : IRegisterSync, IRunHooks
     private void ThrowIfReleased()
     {
         if (_released) ThrowHelper.ThrowObjectDisposed(_vcpu);
+        _vcpu.CheckAccess(); // refuses other threads while the vCPU is owned
     }
 
     private void RequireSupported(S390xRegisterSets sets)
