@@ -220,3 +220,41 @@ public class SmpTests : KvmTestBase
         }
     }
 }
+
+public class SerialConsoleTests : KvmTestBase
+{
+    [Test]
+    public void GuestOutput_ComesOutOfThePipe()
+    {
+        byte[] text = "serial hello\n"u8.ToArray();
+        using var console = new SerialConsole();
+        var bus = new IoBus();
+        bus.MapPorts(0x3F8, 8, console);
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            var next = a.CreateLabel();
+            var wait = a.CreateLabel();
+            a.mov(rsi, TestGuest.DataAddress);
+            a.mov(ecx, text.Length);
+            a.Label(ref next);
+            a.mov(dx, 0x3FD);                 // line status: wait for the transmitter, as a driver does
+            a.Label(ref wait);
+            a.@in(al, dx);
+            a.test(al, 0x20);
+            a.jz(wait);
+            a.mov(dx, 0x3F8);
+            a.mov(al, __byte_ptr[rsi]);
+            a.@out(dx, al);
+            a.inc(rsi);
+            a.dec(ecx);
+            a.jnz(next);
+            a.hlt();
+        });
+        g.Ram.Write(TestGuest.DataAddress, text);
+        Assert.That(new VcpuRunner(g.Cpu, bus).Run().Reason, Is.EqualTo(RunStopReason.Halted));
+        console.Dispose();
+        var read = console.Output.ReadAtLeastAsync(text.Length).AsTask().GetAwaiter().GetResult();
+        Assert.That(System.Buffers.BuffersExtensions.ToArray(read.Buffer), Is.EqualTo(text));
+        Assert.That(console.BytesWritten, Is.EqualTo(text.Length));
+    }
+}
