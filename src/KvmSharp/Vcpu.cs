@@ -333,6 +333,8 @@ public sealed class Vcpu : IDisposable
     {
         if (timeout == Timeout.InfiniteTimeSpan) return Run();
         ArgumentOutOfRangeException.ThrowIfLessThan(timeout, TimeSpan.Zero);
+        // Refuse before touching the shared timer: another thread's run must keep its own deadline.
+        if (IsOwnedByAnotherThread) ThrowOwned(Environment.CurrentManagedThreadId);
         var timer = _timer ??= new Timer(static s => ((Vcpu)s!).OnTimer(), this, Timeout.Infinite, Timeout.Infinite);
         lock (_timerLock) _timerState = 1;
         timer.Change(timeout, Timeout.InfiniteTimeSpan);
