@@ -39,7 +39,7 @@ public sealed class Vcpu : IDisposable
     private int _timerState; // 0 idle, 1 armed, 2 fired
     private int _owner;      // managed thread id of the owning thread, 0 when free
     private int _runningTid; // OS thread id while inside (or about to enter) KVM_RUN, 0 otherwise
-    private int _kickers;    // threads between reading _runningTid and sending the signal
+    private int _kickers;    // threads inside Kick; Dispose waits for them before unmapping kvm_run
     private int _exitRequested;
     private int _invokeCount;
     private int _holdDepth;  // touched only by the owning thread
@@ -265,10 +265,10 @@ public sealed class Vcpu : IDisposable
                 // a request made before this point makes KVM_RUN return at once.
                 run[1] = Volatile.Read(ref _exitRequested) != 0 || Volatile.Read(ref _invokeCount) != 0 ? (byte)1 : (byte)0;
                 int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+                // A kicker that read our tid just before this may still send its signal: harmless, it
+                // stays pending (blocked) until drained, and if this thread ever ended and its tid were
+                // reused, the process-wide SIG_IGN discards it (see KickSignal). So no waiting here.
                 Interlocked.Exchange(ref _runningTid, 0);
-                // A kicker that read our tid before we withdrew it is sending the signal now: wait for
-                // it, so this thread never leaves (and its tid is never reused) under a pending tgkill.
-                while (Volatile.Read(ref _kickers) != 0) Thread.SpinWait(1);
                 _hooks.AfterRun(r);
                 if (r >= 0)
                 {

@@ -28,6 +28,11 @@ internal static unsafe partial class Libc
     [LibraryImport(Name, EntryPoint = "sigtimedwait", SetLastError = true)]
     internal static partial int sigtimedwait(byte* set, byte* info, long* timeout);
 
+    internal const nint SIG_DFL = 0, SIG_IGN = 1, SIG_ERR = -1;
+
+    [LibraryImport(Name, EntryPoint = "signal")]
+    internal static partial nint signal(int signum, nint handler);
+
     [LibraryImport(Name, EntryPoint = "__libc_current_sigrtmin")]
     internal static partial int __libc_current_sigrtmin();
 

@@ -6,7 +6,11 @@ namespace KvmSharp.Interop;
 /// The signal that kicks a vCPU thread out of KVM_RUN. A thread that runs a vCPU keeps it blocked
 /// in user space; KVM_SET_SIGNAL_MASK unblocks it only inside KVM_RUN, where it makes KVM_RUN
 /// return EINTR. Afterwards it is still pending (blocked again) and is consumed with
-/// <c>sigtimedwait</c>. No handler is ever installed, managed or native.
+/// <c>sigtimedwait</c>. No handler is ever installed, managed or native: the process-wide
+/// disposition is SIG_IGN. That still interrupts KVM_RUN — the kernel never ignores a signal in a
+/// task's saved mask (<c>real_blocked</c>, where KVM keeps the thread's mask during the run) — while a
+/// late kick that reaches a thread which does not block it (the tid reused by a new thread) is
+/// discarded instead of killing the process.
 /// </summary>
 internal static unsafe class KickSignal
 {
@@ -45,8 +49,30 @@ internal static unsafe class KickSignal
         return t_tid != 0 ? t_tid : (t_tid = Libc.gettid());
     }
 
+    private static int s_ignored;
+    private static readonly Lock s_lock = new();
+
+    /// <summary>Sets the kick signal's disposition to SIG_IGN once per process (see the type's remarks).</summary>
+    private static void IgnoreProcessWide()
+    {
+        if (Volatile.Read(ref s_ignored) != 0) return;
+        lock (s_lock)
+        {
+            if (s_ignored != 0) return;
+            nint old = Libc.signal(Number, Libc.SIG_IGN);
+            if (old != Libc.SIG_DFL && old != Libc.SIG_IGN)
+            {
+                Libc.signal(Number, old); // someone else's handler: leave it, and say so
+                throw new InvalidOperationException(
+                    $"Signal {Number} has a handler installed by another component; choose a free real-time signal with Vcpu.SetKickSignal before the first run.");
+            }
+            s_ignored = 1;
+        }
+    }
+
     private static void BlockInCurrentThread()
     {
+        IgnoreProcessWide();
         byte* set = stackalloc byte[Libc.UserSigsetBytes];
         new Span<byte>(set, Libc.UserSigsetBytes).Clear();
         AddTo(new Span<byte>(set, Libc.UserSigsetBytes), Number);
