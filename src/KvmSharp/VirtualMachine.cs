@@ -126,6 +126,10 @@ public sealed class VirtualMachine : IDisposable
     }
 
     private VmSnapshot? _baseline;
+    // The baseline's slots and vCPUs matched to this VM's; valid while _baseline is (it is cleared
+    // whenever slots or vCPUs change). PERF: a repeated restore allocates nothing.
+    private Dictionary<MemorySlot, VmSnapshot.SlotImage>? _baselineSlots;
+    private List<(Vcpu, Registers.RegisterState)>? _baselineVcpus;
 
     /// <summary>
     /// Captures every vCPU's registers (level Full) and all guest memory. Turns dirty tracking on if
@@ -152,6 +156,8 @@ public sealed class VirtualMachine : IDisposable
             }).ToArray();
             var snapshot = new VmSnapshot(Architecture, vcpus, slots);
             _baseline = snapshot;
+            _baselineSlots = MatchSlots(snapshot);
+            _baselineVcpus = MatchVcpus(snapshot);
             return snapshot;
         }
     }
@@ -175,15 +181,16 @@ public sealed class VirtualMachine : IDisposable
         lock (_lock)
         {
             ThrowIfAnyRunning();
-            var slots = MatchSlots(snapshot);
-            var vcpus = MatchVcpus(snapshot);
+            bool incremental = ReferenceEquals(_baseline, snapshot);
+            var slots = incremental ? _baselineSlots! : MatchSlots(snapshot);
+            var vcpus = incremental ? _baselineVcpus! : MatchVcpus(snapshot);
             // Registers first: restoring completes a pending I/O or MMIO access, whose memory writes
             // are then among the dirty pages copied back below.
             foreach (var (vcpu, state) in vcpus)
                 vcpu.Registers.RestoreState(state);
             using (var dirty = tracker.Harvest())
             {
-                if (ReferenceEquals(_baseline, snapshot))
+                if (incremental)
                 {
                     int page = PageSize;
                     for (int i = 0; i < dirty.SlotCount; i++)
@@ -200,6 +207,8 @@ public sealed class VirtualMachine : IDisposable
                     foreach (var (slot, image) in slots)
                         image.Data.CopyTo(slot.Mapping.Slice(0, image.Data.Length));
                     _baseline = snapshot;
+                    _baselineSlots = slots;
+                    _baselineVcpus = vcpus;
                 }
             }
         }
@@ -549,6 +558,7 @@ public sealed class VirtualMachine : IDisposable
                 throw;
             }
             _vcpus.Add(vcpu);
+            _baseline = null; // a snapshot does not cover the new vCPU
             if (ring is not null) DirtyTracker!.AddRing(ring);
             return vcpu;
         }
@@ -556,7 +566,11 @@ public sealed class VirtualMachine : IDisposable
 
     internal void OnVcpuDisposed(Vcpu vcpu)
     {
-        lock (_lock) _vcpus.Remove(vcpu);
+        lock (_lock)
+        {
+            _vcpus.Remove(vcpu);
+            _baseline = null;
+        }
         if (vcpu.DirtyRing is { } ring) DirtyTracker?.RemoveRing(ring);
     }
 

@@ -241,12 +241,12 @@ public class SnapshotTests : KvmTestBase
         long perCycle = (GC.GetAllocatedBytesForCurrentThread() - before) / 1000;
         Assert.That((kernel.LiveFds, kernel.LiveMappings), Is.EqualTo((fds, maps)));
         Assert.That(g.Ram.Read<ulong>(0x20000), Is.EqualTo(0UL), "the counter is restored every time");
-        Assert.That(perCycle, Is.LessThan(4096), "restore allocates (almost) nothing per cycle");
+        Assert.That(perCycle, Is.EqualTo(0), "a repeated restore allocates nothing (pooled page lists, cached slot matching)");
 
         void Cycle()
         {
-            Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io));
-            Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+            // Plain checks: NUnit's Assert.That allocates, which would hide what Restore allocates.
+            if (g.Cpu.Run().Reason != VcpuExitReason.Io || g.Cpu.Run().Reason != VcpuExitReason.Hlt) Assert.Fail("unexpected exit");
             g.Vm.Restore(snap);
         }
     }
