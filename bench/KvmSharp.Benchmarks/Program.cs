@@ -16,7 +16,19 @@ namespace KvmSharp.Benchmarks;
 /// and times batches of <see cref="RegisterSyncBenchmarks.Exits"/> exits round-robin (default 2000
 /// rounds), reporting each way's median and quartiles per exit. On a noisy host, where the kernel's
 /// exit cost drifts during BenchmarkDotNet's sequential runs, this shows the ratios with the drift
-/// shared by all ways.
+/// shared by all ways. <c>--interleaved pio [ROUNDS]</c> does the same for the three ways of
+/// <see cref="PioExitBenchmarks"/>.
+/// </para>
+/// <para>
+/// <c>--count-ioctls restore WAY [CYCLES]</c> does the same for one <see cref="RestoreWay"/> (e.g.
+/// <c>KvmSharpGetDirtyLog</c>, <c>RawCGetDirtyLog</c>): CYCLES restore + run cycles (default 1000)
+/// of a 64 MiB guest dirtying 8 pages.
+/// </para>
+/// <para>
+/// <c>--restore-table [ROUNDS] [--sizes …] [--pages …] [--ways …]</c>: the full restore grid,
+/// interleaved, medians (see <see cref="RestoreTable"/>); <c>--kick-latency [N]</c>: RequestExit
+/// to Run returning, KvmSharp and raw C (see <see cref="KickLatency"/>); <c>--fuzz-rate [SECONDS]
+/// [WORKERS…]</c>: execs/s of the FuzzHarness loop (see <see cref="FuzzRate"/>).
 /// </para>
 /// </summary>
 public static class Program
@@ -24,8 +36,16 @@ public static class Program
     /// <returns>0, or 1 when a benchmark failed (so that a CI smoke run notices), or 2 for bad arguments.</returns>
     public static int Main(string[] args)
     {
+        if (args is ["--count-ioctls", "restore", ..])
+            return CountRestoreIoctls(args[2..]);
         if (args is ["--count-ioctls", ..])
             return CountIoctls(args[1..]);
+        if (args is ["--kick-latency", ..])
+            return KickLatency.Run(args[1..]);
+        if (args is ["--fuzz-rate", ..])
+            return FuzzRate.Run(args[1..]);
+        if (args is ["--restore-table", ..])
+            return RestoreTable.Run(args[1..]);
         if (args is ["--interleaved", ..])
             return Interleaved(args[1..]);
 
@@ -66,46 +86,111 @@ public static class Program
         return 0;
     }
 
+    private static int CountRestoreIoctls(string[] args)
+    {
+        int cycles = 1000;
+        if (args.Length is < 1 or > 2 || !Enum.TryParse<RestoreWay>(args[0], ignoreCase: true, out var way)
+            || (args.Length == 2 && (!int.TryParse(args[1], out cycles) || cycles < 0)))
+        {
+            Console.Error.WriteLine($"usage: --count-ioctls restore {string.Join("|", Enum.GetNames<RestoreWay>())} [CYCLES (default 1000)]");
+            return 2;
+        }
+        // Setup (VM, long mode, snapshot, one checked cycle) happens in Create; CYCLES restore+run cycles follow.
+        const int sizeMiB = 64, pages = 8;
+        using var loop = RestoreLoop.Create(way, sizeMiB, pages);
+        long allocated = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < cycles; i++)
+        {
+            loop.Restore();
+            loop.Run();
+        }
+        allocated = GC.GetAllocatedBytesForCurrentThread() - allocated;
+        loop.Verify();
+        Console.WriteLine($"{way}: {cycles} cycles (restore + run) of a {sizeMiB} MiB guest dirtying {pages} pages, after setup; " +
+            $"{(cycles == 0 ? 0 : allocated / cycles)} managed bytes allocated per cycle");
+        return 0;
+    }
+
     private static int Interleaved(string[] args)
     {
         int rounds = 2000;
+        bool pio = args is ["pio", ..];
+        if (pio) args = args[1..];
         if (args.Length > 1 || (args.Length == 1 && (!int.TryParse(args[0], out rounds) || rounds < 1)))
         {
-            Console.Error.WriteLine("usage: --interleaved [ROUNDS (default 2000)]");
+            Console.Error.WriteLine("usage: --interleaved [pio] [ROUNDS (default 2000)]");
             return 2;
         }
+        return pio ? InterleavedPio(rounds) : InterleavedRegisterSync(rounds);
+    }
+
+    private static int InterleavedRegisterSync(int rounds)
+    {
         const int exits = RegisterSyncBenchmarks.Exits;
         var ways = Enum.GetValues<RegisterSyncWay>();
         var loops = new List<RegisterSyncLoop>();
         try
         {
             foreach (var way in ways) loops.Add(RegisterSyncLoop.Create(way));
-            foreach (var loop in loops) loop.Run(20 * exits); // warm-up: JIT tiers, kernel caches
-            var ns = new double[ways.Length][];
-            for (int w = 0; w < ways.Length; w++) ns[w] = new double[rounds];
-            for (int r = 0; r < rounds; r++)
-            {
-                for (int w = 0; w < ways.Length; w++)
-                {
-                    long t = System.Diagnostics.Stopwatch.GetTimestamp();
-                    loops[w].Run(exits);
-                    ns[w][r] = System.Diagnostics.Stopwatch.GetElapsedTime(t).TotalNanoseconds / exits;
-                }
-            }
-            double baseline = Median(ns[0]);
-            Console.WriteLine($"{rounds} interleaved rounds of {exits} exits per way; ns/exit");
-            Console.WriteLine($"{"way",-16} {"median",8} {"Q1",8} {"Q3",8} {"ratio",6}");
-            for (int w = 0; w < ways.Length; w++)
-            {
-                Array.Sort(ns[w]);
-                double m = Median(ns[w]);
-                Console.WriteLine($"{ways[w],-16} {m,8:F0} {ns[w][rounds / 4],8:F0} {ns[w][3 * rounds / 4],8:F0} {m / baseline,6:F2}");
-            }
+            InterleavedRounds(ways.Select(w => w.ToString()).ToArray(), loops.Select(l => (Action)(() => l.Run(exits))).ToArray(), exits, rounds);
             return 0;
         }
         finally
         {
             foreach (var loop in loops) loop.Dispose();
+        }
+    }
+
+    /// <summary>The three ways of <see cref="PioExitBenchmarks"/>, through its own setup and benchmark methods.</summary>
+    private static int InterleavedPio(int rounds)
+    {
+        var raw = new PioExitBenchmarks();
+        var pinvoke = new PioExitBenchmarks();
+        var kvmSharp = new PioExitBenchmarks();
+        try
+        {
+            raw.SetupRawC();
+            pinvoke.SetupRawPInvoke();
+            kvmSharp.SetupKvmSharp();
+            InterleavedRounds(["RawC", "RawPInvoke", "KvmSharp"], [raw.RawC, pinvoke.RawPInvoke, kvmSharp.KvmSharpLibrary], PioExitBenchmarks.Exits, rounds);
+            return 0;
+        }
+        finally
+        {
+            raw.CleanupRawC();
+            pinvoke.CleanupRawPInvoke();
+            kvmSharp.CleanupKvmSharp();
+        }
+    }
+
+    /// <summary>
+    /// Times <paramref name="batches"/> (each <paramref name="exits"/> exits) round-robin for
+    /// <paramref name="rounds"/> rounds after a warm-up, and prints each way's median and quartiles
+    /// per exit with its ratio to the first way.
+    /// </summary>
+    private static void InterleavedRounds(string[] names, Action[] batches, int exits, int rounds)
+    {
+        foreach (var batch in batches)
+            for (int i = 0; i < 20; i++) batch(); // warm-up: JIT tiers, kernel caches
+        var ns = new double[batches.Length][];
+        for (int w = 0; w < batches.Length; w++) ns[w] = new double[rounds];
+        for (int r = 0; r < rounds; r++)
+        {
+            for (int w = 0; w < batches.Length; w++)
+            {
+                long t = System.Diagnostics.Stopwatch.GetTimestamp();
+                batches[w]();
+                ns[w][r] = System.Diagnostics.Stopwatch.GetElapsedTime(t).TotalNanoseconds / exits;
+            }
+        }
+        double baseline = Median(ns[0]);
+        Console.WriteLine($"{rounds} interleaved rounds of {exits} exits per way; ns/exit");
+        Console.WriteLine($"{"way",-16} {"median",8} {"Q1",8} {"Q3",8} {"ratio",6}");
+        for (int w = 0; w < batches.Length; w++)
+        {
+            Array.Sort(ns[w]);
+            double m = Median(ns[w]);
+            Console.WriteLine($"{names[w],-16} {m,8:F0} {ns[w][rounds / 4],8:F0} {ns[w][3 * rounds / 4],8:F0} {m / baseline,6:F2}");
         }
 
         static double Median(double[] values)

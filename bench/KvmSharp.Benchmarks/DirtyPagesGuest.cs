@@ -1,0 +1,136 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using KvmSharp.Guests;
+
+namespace KvmSharp.Benchmarks;
+
+/// <summary>
+/// The guest of <see cref="RestoreBenchmarks"/>: 64-bit code at CPL3 (which kvm-pvm runs natively,
+/// so that 512 writes cost no instruction emulation) that increments one byte in each of
+/// <c>pages</c> consecutive pages from <see cref="FirstPage"/>, then does <c>out 0x10, al</c> (one
+/// exit) and starts over. Every run from an exit to the next therefore dirties exactly those pages
+/// (page tables come with A/D bits preset, and nothing else is written).
+/// </summary>
+internal static class DirtyPagesGuest
+{
+    public const ulong Entry = 0x10000, StackTop = 0x80000, FirstPage = 0x100000;
+    public const ushort Port = 0x10;
+
+    /// <summary>The guest sizes of the full grid, in MiB.</summary>
+    public static readonly int[] SizesMiB = [16, 64, 256];
+
+    /// <summary>The dirty-page counts of the full grid.</summary>
+    public static readonly int[] PageCounts = [1, 8, 64, 512];
+
+    /// <summary>
+    /// <code>
+    /// start: mov rdi, FirstPage
+    ///        mov ecx, pages
+    /// next:  inc byte [rdi]
+    ///        add rdi, 0x1000
+    ///        dec ecx
+    ///        jnz next
+    ///        out 0x10, al
+    ///        jmp start
+    /// </code>
+    /// </summary>
+    public static byte[] Code(int pages)
+    {
+        byte[] code =
+        [
+            0x48, 0xBF, 0, 0, 0, 0, 0, 0, 0, 0,     // 0:  mov rdi, imm64
+            0xB9, 0, 0, 0, 0,                       // 10: mov ecx, imm32
+            0xFE, 0x07,                             // 15: inc byte [rdi]
+            0x48, 0x81, 0xC7, 0x00, 0x10, 0, 0,     // 17: add rdi, 0x1000
+            0xFF, 0xC9,                             // 24: dec ecx
+            0x75, unchecked((byte)(15 - 28)),       // 26: jnz 15
+            0xE6, (byte)Port,                       // 28: out 0x10, al
+            0xEB, unchecked((byte)(0 - 32)),        // 30: jmp 0
+        ];
+        BinaryPrimitives.WriteUInt64LittleEndian(code.AsSpan(2), FirstPage);
+        BinaryPrimitives.WriteInt32LittleEndian(code.AsSpan(11), pages);
+        return code;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void RunToExit(Vcpu cpu)
+    {
+        var exit = cpu.Run();
+        if (exit.Reason != VcpuExitReason.Io || exit.Io.Port != Port) ThrowUnexpectedExit(exit.ToString());
+    }
+
+    /// <summary>Checks that each of the guest's bytes holds <paramref name="value"/> (the number of runs since the image was clean).</summary>
+    public static void CheckBytes(ReadOnlySpan<byte> memory, int pages, byte value)
+    {
+        for (int i = 0; i < pages; i++)
+        {
+            byte b = memory[(int)FirstPage + i * 4096];
+            if (b != value)
+                throw new InvalidOperationException($"Guest byte at 0x{FirstPage + (ulong)i * 4096:x} is {b}, expected {value}: memory was not restored (or not written).");
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowUnexpectedExit(string exit) =>
+        throw new InvalidOperationException($"Expected a PIO exit on port 0x{Port:x}, got {exit}.");
+}
+
+/// <summary>
+/// A KvmSharp VM running <see cref="DirtyPagesGuest"/>: RAM of the given size at guest-physical 0,
+/// dirty tracking with the given back end (none if null), run to its exit twice so that the vCPU
+/// sits at an exit with every page the guest touches mapped. With tracking on, the constructor
+/// checks that the second run dirtied exactly the expected pages.
+/// </summary>
+internal sealed class DirtyPagesVm : IDisposable
+{
+    private readonly Kvm _kvm;
+
+    public DirtyPagesVm(int sizeMiB, int pages, DirtyLogBackend? backend)
+    {
+        ulong size = (ulong)sizeMiB << 20;
+        if (pages < 1 || DirtyPagesGuest.FirstPage + (ulong)pages * 4096 > size)
+            throw new ArgumentOutOfRangeException(nameof(pages), pages, $"{pages} pages from 0x{DirtyPagesGuest.FirstPage:x} do not fit in {sizeMiB} MiB.");
+        Pages = pages;
+        _kvm = Kvm.Open();
+        try
+        {
+            Vm = _kvm.CreateVirtualMachine();
+            if (backend is { } b) Vm.EnableDirtyTracking(b); // before the vCPU: the dirty ring needs that
+            Ram = Vm.AddMemorySlot(0, size);
+            Ram.Write(DirtyPagesGuest.Entry, DirtyPagesGuest.Code(pages));
+            Cpu = Vm.CreateVcpu();
+            X86LongMode.Setup(Cpu, Ram, DirtyPagesGuest.Entry, DirtyPagesGuest.StackTop, new X86LongModeOptions { UserMode = true });
+            DirtyPagesGuest.RunToExit(Cpu);
+            Vm.DirtyTracker?.Harvest().Dispose(); // forget the setup's writes and the first run's
+            DirtyPagesGuest.RunToExit(Cpu);
+            if (Vm.DirtyTracker is { } tracker)
+            {
+                using var dirty = tracker.Harvest();
+                var expected = Enumerable.Range(0, pages).Select(i => DirtyPagesGuest.FirstPage + (ulong)i * 4096);
+                if (!dirty.Addresses().SequenceEqual(expected))
+                    throw new InvalidOperationException(
+                        $"A run dirtied {dirty.Count} pages ({string.Join(", ", dirty.Addresses().Take(8).Select(a => $"0x{a:x}"))}…), not the {pages} from 0x{DirtyPagesGuest.FirstPage:x}.");
+            }
+            DirtyPagesGuest.CheckBytes(Ram.Span, pages, RunsInSetup);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>How many times the constructor ran the guest: the value of its bytes now.</summary>
+    public const byte RunsInSetup = 2;
+
+    public int Pages { get; }
+    public VirtualMachine Vm { get; } = null!;
+    public MemorySlot Ram { get; } = null!;
+    public Vcpu Cpu { get; } = null!;
+
+    public void Dispose()
+    {
+        Vm?.Dispose();
+        _kvm.Dispose();
+    }
+}
