@@ -1,8 +1,6 @@
 using System.Diagnostics;
-using Iced.Intel;
 using KvmSharp.Guests;
 using KvmSharp.Snapshots;
-using static Iced.Intel.AssemblerRegisters;
 
 namespace KvmSharp.Benchmarks;
 
@@ -18,10 +16,12 @@ namespace KvmSharp.Benchmarks;
 /// </summary>
 internal static class FuzzRate
 {
-    private const ulong Code = 0x10000, Input = 0x100000, Coverage = 0x101000, StackTop = 0x180000;
-    private const int MaxInput = 64, CoverageBytes = 8;
-    private const ushort DonePort = 0x80;
-    private const byte FaultPort = 0xF4;
+    // The sample's own target (compiled in from samples/FuzzHarness/Target.cs), without its bugs.
+    private const ulong Code = FuzzHarness.Target.Code, Input = FuzzHarness.Target.Input,
+        Coverage = FuzzHarness.Target.Coverage, StackTop = FuzzHarness.Target.StackTop;
+    private const int MaxInput = FuzzHarness.Target.MaxInput, CoverageBytes = FuzzHarness.Target.CoverageBytes;
+    private const ushort DonePort = FuzzHarness.Target.DonePort;
+    private const byte FaultPort = FuzzHarness.Target.FaultPort;
 
     public static int Run(string[] args)
     {
@@ -37,7 +37,7 @@ internal static class FuzzRate
         if (workerCounts.Count == 0) workerCounts.AddRange([1, 2]);
 
         using var kvm = Kvm.Open();
-        byte[] code = Assemble();
+        byte[] code = FuzzHarness.Target.Assemble(plantBugs: false);
         Console.WriteLine($"Fuzz loop of samples/FuzzHarness without its bug: restore + write input + Run(1 s timeout) + coverage; {seconds:F0} s per worker count, {Environment.ProcessorCount} cores.");
         Console.WriteLine($"{"workers",7} {"execs",10} {"execs/s",9} {"per worker",10} {"µs/exec",8} {"restore µs",10} {"run µs",7} {"B/exec",7} {"corpus",6}");
         foreach (int workers in workerCounts)
@@ -87,42 +87,6 @@ internal static class FuzzRate
         foreach (var t in threads) t.Join();
         if (error is not null) throw new InvalidOperationException("A fuzz worker failed.", error);
         return results;
-    }
-
-    /// <summary>samples/FuzzHarness's Target, with coverage bytes 4 and 5 where it crashes.</summary>
-    private static byte[] Assemble()
-    {
-        var a = new Assembler(64);
-        var done = a.CreateLabel();
-        var notCc = a.CreateLabel();
-        // rdi = input, rsi = length (set by the host before each run)
-        a.mov(rbx, Coverage);
-        byte[] magic = "KVM!"u8.ToArray();
-        for (int i = 0; i < magic.Length; i++)
-        {
-            a.cmp(rsi, i + 1);
-            a.jb(done);
-            a.cmp(__byte_ptr[rdi + i], magic[i]);
-            a.jne(done);
-            a.mov(__byte_ptr[rbx + i], 1);             // coverage: got past byte i
-        }
-        a.cmp(rsi, 5);
-        a.jb(done);
-        a.mov(al, __byte_ptr[rdi + 4]);
-        a.cmp(al, 0xCC);
-        a.jne(notCc);
-        a.mov(__byte_ptr[rbx + 4], 1);                 // the sample's wild pointer write
-        a.Label(ref notCc);
-        a.cmp(al, 0x0F);
-        a.jne(done);
-        a.mov(__byte_ptr[rbx + 5], 1);                 // the sample's ud2
-        a.Label(ref done);
-        a.mov(dx, DonePort);
-        a.@out(dx, al);
-        a.jmp(done);
-        using var ms = new MemoryStream();
-        a.Assemble(new StreamCodeWriter(ms), Code);
-        return ms.ToArray();
     }
 
     /// <summary>Inputs that reached new coverage, shared by all workers (as in the sample).</summary>
