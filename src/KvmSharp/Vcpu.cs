@@ -608,7 +608,8 @@ public sealed class Vcpu : IDisposable
             throw new InvalidOperationException(
                 $"vCPU {Id}: completing the pending I/O or MMIO access produced another exit ({(VcpuExitReason)LastExitReason}); a string or split access needs more handling before registers can be saved or written.");
         if (r != -Errno.EINTR) ThrowRunFailed(r);
-        KickSignal.Drain();
+        // PERF: no signal drain here (a syscall): a kick that arrived meanwhile stays pending and
+        // makes the next real KVM_RUN return EINTR, which Run drains and re-enters.
     }
 
     /// <summary>For a port I/O exit: whether it was an IN (<c>kvm_run.io.direction</c>).</summary>
