@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -390,14 +391,15 @@ int64_t sv_kick_latency(struct sv_vm *v, int n, int sig, int max_wait_us, unsign
 
     for (int i = 0; i < n && !k.done; i++) {
         usleep((useconds_t)(rand_r(&seed) % (unsigned)(max_wait_us + 1)));
-        while (!k.done && (k.tid == 0 || !__atomic_load_n(&k.running, __ATOMIC_SEQ_CST))) { }
+        /* Yield while waiting, like the C# side (see KickLatency.cs). */
+        while (!k.done && (k.tid == 0 || !__atomic_load_n(&k.running, __ATOMIC_SEQ_CST))) sched_yield();
         kicked[i] = now_ns();
         kick(&k, pid);
-        while (!k.done && __atomic_load_n(&k.interrupts, __ATOMIC_SEQ_CST) <= i) { }
+        while (!k.done && __atomic_load_n(&k.interrupts, __ATOMIC_SEQ_CST) <= i) sched_yield();
     }
     int failed = k.done;
     k.done = 1;
-    while (k.tid == 0 && !failed) { }
+    while (k.tid == 0 && !failed) sched_yield();
     kick(&k, pid);
     pthread_join(thread, NULL);
 
