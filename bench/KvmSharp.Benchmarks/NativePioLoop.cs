@@ -16,6 +16,7 @@ internal sealed unsafe class NativePioLoop : IDisposable
     private readonly delegate* unmanaged<void> _useSyncRegs;
     private readonly delegate* unmanaged<ulong> _syncRip;
     private readonly delegate* unmanaged<void> _teardown;
+    private readonly delegate* unmanaged<int, int> _setSignalMask;
     private bool _disposed;
 
     /// <summary>Sets up <see cref="GuestCode.Code"/> (the <see cref="PioExitBenchmarks"/> guest).</summary>
@@ -33,6 +34,7 @@ internal sealed unsafe class NativePioLoop : IDisposable
             _runSyncRegs = (delegate* unmanaged<int, ulong, long>)NativeLibrary.GetExport(_lib, "pio_run_sync_regs");
             _useSyncRegs = (delegate* unmanaged<void>)NativeLibrary.GetExport(_lib, "pio_use_sync_regs");
             _syncRip = (delegate* unmanaged<ulong>)NativeLibrary.GetExport(_lib, "pio_sync_rip");
+            _setSignalMask = (delegate* unmanaged<int, int>)NativeLibrary.GetExport(_lib, "pio_set_signal_mask");
 
             fixed (byte* c = code)
             {
@@ -59,6 +61,16 @@ internal sealed unsafe class NativePioLoop : IDisposable
     /// (<c>kvm_valid_regs = KVM_SYNC_X86_REGS</c>), for <see cref="RunSyncRegs"/>.
     /// </summary>
     public void UseSyncRegs() => _useSyncRegs();
+
+    /// <summary>
+    /// Has KVM swap in the calling thread's signal mask minus <paramref name="signal"/> on every
+    /// KVM_RUN (KVM_SET_SIGNAL_MASK), the kernel work KvmSharp's kick design adds to each run.
+    /// </summary>
+    public void SetSignalMask(int signal)
+    {
+        int r = _setSignalMask(signal);
+        if (r < 0) throw new InvalidOperationException($"KVM_SET_SIGNAL_MASK failed: errno {-r}");
+    }
 
     /// <summary>RIP as KVM stored it into <c>kvm_run</c> at the last exit (after <see cref="UseSyncRegs"/>).</summary>
     public ulong SyncRip => _syncRip();

@@ -12,12 +12,12 @@ namespace KvmSharp.Benchmarks;
 /// with EXITS 0 too, to subtract the setup.
 /// </para>
 /// <para>
-/// <c>--interleaved [ROUNDS]</c> runs no benchmark either: it sets up all four ways in one process
-/// and times batches of <see cref="RegisterSyncBenchmarks.Exits"/> exits round-robin (default 2000
+/// <c>--interleaved [ROUNDS]</c> runs no benchmark either: it sets up every <see cref="RegisterSyncWay"/>
+/// in one process and times batches of <see cref="RegisterSyncBenchmarks.Exits"/> exits round-robin (default 2000
 /// rounds), reporting each way's median and quartiles per exit. On a noisy host, where the kernel's
 /// exit cost drifts during BenchmarkDotNet's sequential runs, this shows the ratios with the drift
 /// shared by all ways. <c>--interleaved pio [ROUNDS]</c> does the same for the three ways of
-/// <see cref="PioExitBenchmarks"/>.
+/// <see cref="PioExitBenchmarks"/> plus two raw C loops doing KvmSharp's extra kernel work.
 /// </para>
 /// <para>
 /// <c>--count-ioctls restore WAY [CYCLES]</c> does the same for one <see cref="RestoreWay"/> (e.g.
@@ -68,6 +68,7 @@ public static class Program
             "lazy" => RegisterSyncWay.KvmSharpLazy,
             "eager" => RegisterSyncWay.RawEager,
             "eager-kvmsharp" => RegisterSyncWay.KvmSharpEager,
+            "rawc-sigmask" => RegisterSyncWay.RawCSyncRegsSignalMask,
             _ => null,
         } : null;
         int exits = 10000;
@@ -141,18 +142,35 @@ public static class Program
         }
     }
 
-    /// <summary>The three ways of <see cref="PioExitBenchmarks"/>, through its own setup and benchmark methods.</summary>
+    /// <summary>
+    /// The three ways of <see cref="PioExitBenchmarks"/>, through its own setup and benchmark methods,
+    /// plus two raw C loops that ask the kernel for the work KvmSharp's configuration adds to every
+    /// run: the kick signal mask (KVM_SET_SIGNAL_MASK), and that plus GPRs stored into kvm_run at
+    /// each exit (KvmSharp's default <c>SyncOnExit</c>). They split the gap to raw C into kernel
+    /// work and library work.
+    /// </summary>
     private static int InterleavedPio(int rounds)
     {
         var raw = new PioExitBenchmarks();
         var pinvoke = new PioExitBenchmarks();
         var kvmSharp = new PioExitBenchmarks();
+        NativePioLoop? masked = null, maskedGprs = null;
         try
         {
             raw.SetupRawC();
             pinvoke.SetupRawPInvoke();
             kvmSharp.SetupKvmSharp();
-            InterleavedRounds(["RawC", "RawPInvoke", "KvmSharp"], [raw.RawC, pinvoke.RawPInvoke, kvmSharp.KvmSharpLibrary], PioExitBenchmarks.Exits, rounds);
+            masked = new NativePioLoop();
+            masked.SetSignalMask(Vcpu.KickSignalNumber);
+            maskedGprs = new NativePioLoop();
+            maskedGprs.SetSignalMask(Vcpu.KickSignalNumber);
+            maskedGprs.UseSyncRegs();
+            var m = masked;
+            var mg = maskedGprs;
+            InterleavedRounds(
+                ["RawC", "RawPInvoke", "KvmSharp", "RawC+sigmask", "RawC+sigmask+gprs"],
+                [raw.RawC, pinvoke.RawPInvoke, kvmSharp.KvmSharpLibrary, () => m.Run(PioExitBenchmarks.Exits), () => mg.Run(PioExitBenchmarks.Exits)],
+                PioExitBenchmarks.Exits, rounds);
             return 0;
         }
         finally
@@ -160,6 +178,8 @@ public static class Program
             raw.CleanupRawC();
             pinvoke.CleanupRawPInvoke();
             kvmSharp.CleanupKvmSharp();
+            masked?.Dispose();
+            maskedGprs?.Dispose();
         }
     }
 

@@ -13,6 +13,12 @@ public enum RegisterSyncWay
     RawEager,
     /// <summary>KvmSharp with <see cref="Registers.X86RegisterSync.UseSyncRegs"/> = false: the cache fetches with KVM_GET_REGS and writes back with KVM_SET_REGS.</summary>
     KvmSharpEager,
+    /// <summary>
+    /// <see cref="RawCSyncRegs"/> plus the kernel work KvmSharp's kick design adds to every KVM_RUN:
+    /// the kick signal unblocked inside it with KVM_SET_SIGNAL_MASK. Splits KvmSharp's gap to raw C
+    /// into kernel work and library work.
+    /// </summary>
+    RawCSyncRegsSignalMask,
 }
 
 /// <summary>
@@ -32,10 +38,11 @@ internal abstract class RegisterSyncLoop : IDisposable
 
     public static RegisterSyncLoop Create(RegisterSyncWay way) => way switch
     {
-        RegisterSyncWay.RawCSyncRegs => new RawC(),
-        RegisterSyncWay.KvmSharpLazy => new KvmSharpLoop(useSyncRegs: true),
+        RegisterSyncWay.RawCSyncRegs => new RawC(signalMask: false),
+        RegisterSyncWay.RawCSyncRegsSignalMask => new RawC(signalMask: true),
+        RegisterSyncWay.KvmSharpLazy => new KvmSharpLoop<WithSyncRegs>(),
         RegisterSyncWay.RawEager => new Raw(),
-        RegisterSyncWay.KvmSharpEager => new KvmSharpLoop(useSyncRegs: false),
+        RegisterSyncWay.KvmSharpEager => new KvmSharpLoop<WithoutSyncRegs>(),
         _ => throw new ArgumentOutOfRangeException(nameof(way)),
     };
 
@@ -53,11 +60,12 @@ internal abstract class RegisterSyncLoop : IDisposable
     {
         private readonly NativePioLoop _native;
 
-        public RawC()
+        public RawC(bool signalMask)
         {
             _native = new NativePioLoop(GuestCode.OutAxCode);
             try
             {
+                if (signalMask) _native.SetSignalMask(Vcpu.KickSignalNumber);
                 _native.UseSyncRegs();
                 _native.Run(1);
                 ExitRip = GuestCode.CheckOutAxExitRip(_native.SyncRip);
@@ -106,13 +114,34 @@ internal abstract class RegisterSyncLoop : IDisposable
         public override void Dispose() => _raw.Dispose();
     }
 
-    /// <summary>KvmSharp's register cache, with or without sync regs: the same handler code either way.</summary>
-    private sealed class KvmSharpLoop : RegisterSyncLoop
+    private interface ISyncRegsChoice
+    {
+        static abstract bool UseSyncRegs { get; }
+    }
+
+    private struct WithSyncRegs : ISyncRegsChoice
+    {
+        public static bool UseSyncRegs => true;
+    }
+
+    private struct WithoutSyncRegs : ISyncRegsChoice
+    {
+        public static bool UseSyncRegs => false;
+    }
+
+    /// <summary>
+    /// KvmSharp's register cache, with or without sync regs: the same handler source either way. Generic
+    /// over a struct so that each way gets its own machine code: in one process (the interleaved mode,
+    /// BenchmarkDotNet's in-process toolchain) a shared method would carry the other way's profile,
+    /// which a real program, with one configuration per exit loop, does not have.
+    /// </summary>
+    private sealed class KvmSharpLoop<TChoice> : RegisterSyncLoop where TChoice : struct, ISyncRegsChoice
     {
         private readonly KvmSharpGuest _guest;
 
-        public KvmSharpLoop(bool useSyncRegs)
+        public KvmSharpLoop()
         {
+            bool useSyncRegs = TChoice.UseSyncRegs;
             _guest = new KvmSharpGuest(GuestCode.OutAxCode);
             try
             {

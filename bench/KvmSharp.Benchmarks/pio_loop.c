@@ -5,6 +5,7 @@
  * perform all n exits in one call, so the baselines carry no managed overhead per exit.
  */
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdint.h>
@@ -97,6 +98,20 @@ int64_t pio_run(int n)
 void pio_use_sync_regs(void)
 {
     run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+}
+
+/* Has KVM apply the calling thread's signal mask minus `signo` inside KVM_RUN
+ * (KVM_SET_SIGNAL_MASK), as KvmSharp does for its kick signal: the kernel then swaps the thread's
+ * signal mask on every entry and exit. Returns 0 or -errno. */
+int pio_set_signal_mask(int signo)
+{
+    sigset_t current;
+    struct { struct kvm_signal_mask head; uint64_t bits; } mask;
+    if (pthread_sigmask(SIG_BLOCK, NULL, &current) != 0) return -EINVAL;
+    memcpy(&mask.bits, &current, sizeof mask.bits);
+    mask.bits &= ~(UINT64_C(1) << (signo - 1));
+    mask.head.len = sizeof mask.bits;
+    return ioctl(vcpu_fd, KVM_SET_SIGNAL_MASK, &mask) < 0 ? -errno : 0;
 }
 
 /* RIP as KVM stored it into run->s.regs at the last exit (after pio_use_sync_regs). */
