@@ -28,22 +28,30 @@ public sealed class Vcpu : IDisposable
     private readonly VirtualMachine _vm;
     private readonly KvmFdHandle _fd;
     private readonly MappedMemoryHandle _run;
+    private readonly nint _runAddress; // _run's address, cached: the hot path touches no other object for it
     private readonly int _runLength;
     private readonly int _fdNumber;
     private readonly StructView _syncHeader;
     private readonly IRegisterSync _registers;
     private readonly IRunHooks _hooks;
+    private readonly X86RegisterSync? _x86Hooks; // _hooks when it is x86's, called without interface dispatch
+    private readonly bool _nativeKernel;         // Kernel is the real one: KVM_RUN is a direct libc call
     private readonly ConcurrentQueue<InvokeItem> _invokes = new();
     private readonly Lock _timerLock = new();
     private Timer? _timer;
     private int _timerState; // 0 idle, 1 armed, 2 fired
-    private int _owner;      // managed thread id of the owning thread, 0 when free
-    private int _runningTid; // OS thread id while inside (or about to enter) KVM_RUN, 0 otherwise
+    // Ownership and kick target in one word, so that taking the vCPU and publishing the thread to
+    // kickers is one interlocked operation, and so is giving both up: the low 32 bits are the OS
+    // thread id of the owning thread (0 when free); RunningFlag is set while that thread is inside
+    // (or about to enter) KVM_RUN. Only the owner sets or clears the flag.
+    private long _state;
+    private const long RunningFlag = 1L << 32;
     private int _kickers;    // threads inside Kick; Dispose waits for them before unmapping kvm_run
     private int _exitRequested;
     private int _invokeCount;
     private int _holdDepth;  // touched only by the owning thread
     private bool _signalMaskSet;
+    private bool _fastPath; // Run's inlined path applies: x86, no dirty ring, signal mask set
     private int _disposing;
     private bool _disposed;
 
@@ -55,6 +63,7 @@ public sealed class Vcpu : IDisposable
         _fd = fd;
         _fdNumber = fd.Fd;
         _run = run;
+        _runAddress = run.DangerousGetHandle();
         _runLength = (int)run.Length;
         Kernel = vm.Kernel;
         Architecture = vm.Architecture;
@@ -67,6 +76,8 @@ public sealed class Vcpu : IDisposable
             KvmArchitecture.Arm64 => Pair(new Arm64RegisterSync(this)),
             _ => Pair(new S390xRegisterSync(this, run)),
         };
+        _x86Hooks = _hooks as X86RegisterSync;
+        _nativeKernel = Kernel is LinuxKernel;
     }
 
     private static (IRegisterSync, IRunHooks) Pair<T>(T strategy) where T : IRegisterSync, IRunHooks => (strategy, strategy);
@@ -98,15 +109,21 @@ public sealed class Vcpu : IDisposable
     public bool IsDisposed => _disposed;
 
     /// <summary>True while a thread is inside <see cref="Run()"/> for this vCPU.</summary>
-    public bool IsRunning => Volatile.Read(ref _runningTid) != 0;
+    public bool IsRunning => (Volatile.Read(ref _state) & RunningFlag) != 0;
+
+    private static int Owner(long state) => (int)state;
+
+    private static long Owned(int tid) => (uint)tid;
+
+    private static long OwnedRunning(int tid) => (uint)tid | RunningFlag;
 
     /// <summary>True when a thread other than the caller owns the vCPU (running it, holding it in a run loop, or in an Invoke action).</summary>
     internal bool IsOwnedByAnotherThread
     {
         get
         {
-            int owner = Volatile.Read(ref _owner);
-            return owner != 0 && owner != Environment.CurrentManagedThreadId;
+            int owner = Owner(Volatile.Read(ref _state));
+            return owner != 0 && owner != KickSignal.CurrentThreadIdIfKnown;
         }
     }
 
@@ -141,7 +158,7 @@ public sealed class Vcpu : IDisposable
         get
         {
             CheckAccess();
-            return _registers as X86RegisterSync ?? throw NotArch(KvmArchitecture.X86_64);
+            return _x86Hooks ?? ThrowNotArch<X86RegisterSync>(KvmArchitecture.X86_64);
         }
     }
 
@@ -172,19 +189,30 @@ public sealed class Vcpu : IDisposable
     private PlatformNotSupportedException NotArch(KvmArchitecture wanted) =>
         new($"{wanted} registers requested on a {Architecture} vCPU.");
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private T ThrowNotArch<T>(KvmArchitecture wanted) => throw NotArch(wanted);
+
     /// <summary>Throws when another thread owns the vCPU (register caches call this on every fetch and write).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void CheckAccess()
     {
+        // PERF: two field reads inline; the thread's id (a thread-static read) is needed only while
+        // someone owns the vCPU, and then the check is out of line.
+        if (_disposed || Volatile.Read(ref _state) != 0) CheckAccessSlow();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckAccessSlow()
+    {
         if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-        int owner = Volatile.Read(ref _owner);
-        if (owner != 0 && owner != Environment.CurrentManagedThreadId) ThrowWrongThread(owner);
+        int owner = Owner(Volatile.Read(ref _state));
+        if (owner != 0 && owner != KickSignal.CurrentThreadIdIfKnown) ThrowWrongThread(owner);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ThrowWrongThread(int owner) =>
         throw new InvalidOperationException(
-            $"vCPU {Id} is owned by managed thread {owner} (running or in an Invoke); access its registers from that thread, or through Vcpu.Invoke/InvokeAsync.");
+            $"vCPU {Id} is owned by thread {owner} (OS thread id; running or in an Invoke); access its registers from that thread, or through Vcpu.Invoke/InvokeAsync.");
 
     internal ref ulong RunValidRegs => ref _syncHeader.At<ulong>(0);
 
@@ -217,8 +245,14 @@ public sealed class Vcpu : IDisposable
     private Span<byte> RunSpan()
     {
         if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-        return _run.Slice(0, _runLength);
+        return RunPage;
     }
+
+    /// <summary>The <c>kvm_run</c> mapping, without a disposal check (callers own the vCPU or check).</summary>
+    private Span<byte> RunPage => MappedMemoryHandle.SpanAt(_runAddress, _runLength);
+
+    /// <summary>The address of the <c>kvm_run</c> mapping, for the register strategies (which use it only while the vCPU is alive and owned).</summary>
+    internal nint RunAddress => _runAddress;
 
     // ---- running -----------------------------------------------------------------------------
 
@@ -232,71 +266,169 @@ public sealed class Vcpu : IDisposable
     /// that is reported as <see cref="VcpuExitReason.Interrupted"/>, not thrown. Kicks made only to run
     /// <see cref="Invoke"/> actions are absorbed: the actions run on this thread and the guest resumes.
     /// Whatever the guest does is an exit, never an exception.
+    /// <para>Performance: the common case (an x86 vCPU that has run before, nothing queued, only
+    /// registers that travel in <c>kvm_run</c> written) is small enough for the JIT to inline into
+    /// the calling method, so call <see cref="Run()"/> directly from the exit loop: the per-exit
+    /// cost is then one interlocked operation to take the vCPU, one to release it, and KVM_RUN.</para>
     /// </remarks>
     /// <exception cref="KvmException">KVM_RUN failed for another reason (e.g. EFAULT for a slot whose
     /// memory vanished, EINVAL for invalid register state, ENOEXEC for an uninitialised arm64 vCPU).</exception>
     /// <exception cref="InvalidOperationException">Another thread is running this vCPU.</exception>
     /// <exception cref="ObjectDisposedException">The vCPU is disposed or being disposed.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     public VcpuExit Run()
     {
-        int me = Environment.CurrentManagedThreadId;
+        // PERF: after KVM_RUN returns, the kernel's and the guest's work has evicted this thread's
+        // caches and branch predictors, so what the path between two KVM_RUNs costs is mostly the
+        // calls, cache lines and pages it touches. The common case — an x86 vCPU that has run
+        // before, on a thread that has run a vCPU before, nothing queued, only kvm_run-borne
+        // registers dirty — is this short inlinable block: the JIT folds it into the caller's exit
+        // loop, where the P/Invoke frame setup and the thread-static base move out of the loop.
+        // It has no try/finally because nothing in it throws; every other case is RunSlow.
+        // AggressiveOptimization: this method gets no tier-0 profile, so the JIT never judges the
+        // inlined block cold from calls made during warm-up (first runs take RunSlow) — with such
+        // a profile it sometimes left the P/Invoke out of line, ~70 ns per exit.
+        int me = KickSignal.PreparedThreadId;
+        if (me != 0 && CanRunFast && Interlocked.CompareExchange(ref _state, OwnedRunning(me), 0) == 0)
+        {
+            // Owned, and published to kickers (the CAS is a full barrier: a RequestExit either sees
+            // this thread or its request is seen below).
+            var x86 = _x86Hooks!;
+            nint run = _runAddress;
+            x86.FlushInline(run);
+            KvmRunPage.WriteByte(run, KvmRunPage.ImmediateExit, (Volatile.Read(ref _exitRequested) | Volatile.Read(ref _invokeCount)) != 0 ? (byte)1 : (byte)0);
+            int r = _nativeKernel ? LinuxKernel.Run(_fdNumber) : Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+            x86.AfterRun(r, run);
+            if (r < 0) return RunOwned(me, held: false, r);
+            Interlocked.Exchange(ref _state, 0);
+            if (Volatile.Read(ref _invokeCount) != 0) ServeInvokesAfterRelease();
+            return new VcpuExit(RunPage, KvmArchitecture.X86_64);
+        }
+        return RunSlow();
+    }
+
+    /// <summary>
+    /// Whether <see cref="Run()"/> takes its inlined path (given a thread that has run a vCPU and a
+    /// free vCPU): an x86 vCPU without a dirty ring that has run once (its signal mask is set),
+    /// not held by a run loop, no Invoke queued, not being disposed, and a register write-back
+    /// that needs no ioctl.
+    /// </summary>
+    internal bool CanRunFast
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _fastPath && (_holdDepth | Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) == 0 && _x86Hooks!.CanFlushInline;
+    }
+
+    /// <summary>Every case of <see cref="Run()"/> the inlined fast path does not take.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private VcpuExit RunSlow()
+    {
         if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
-        // A run loop (VcpuRunner) holds the vCPU between runs; otherwise each Run takes and releases it.
-        bool held = _holdDepth > 0 && Volatile.Read(ref _owner) == me;
-        if (!held && Interlocked.CompareExchange(ref _owner, me, 0) != 0) ThrowOwned(me);
+        // The OS thread id identifies the owner and is where kicks go.
+        int me = KickSignal.PrepareCurrentThread();
+        // Take the vCPU and publish this thread to kickers in one interlocked operation (a full
+        // barrier, so a RequestExit either sees the thread or its request is seen below). A run loop
+        // (VcpuRunner) holds the vCPU between runs and only publishes the thread here.
+        bool held = _holdDepth > 0 && Owner(Volatile.Read(ref _state)) == me;
+        if (held) Interlocked.Exchange(ref _state, OwnedRunning(me));
+        else if (Interlocked.CompareExchange(ref _state, OwnedRunning(me), 0) != 0) ThrowOwned(me);
+        return RunOwned(me, held, 0, entered: false);
+    }
+
+    /// <summary>
+    /// The general run loop, entered owning the vCPU (thread published): either before the first
+    /// KVM_RUN (<paramref name="entered"/> false) or with the result <paramref name="r"/> of one the
+    /// fast path made. Releases the vCPU (or, if <paramref name="held"/>, withdraws the thread) on the way out.
+    /// </summary>
+    private VcpuExit RunOwned(int me, bool held, int r, bool entered = true)
+    {
         try
         {
-            if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
-            int tid = PrepareThread();
-            var run = _run.Slice(0, _runLength);
+            var run = RunPage;
+            if (!entered)
+            {
+                if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+                if (!_signalMaskSet || Volatile.Read(ref _invokeCount) != 0) BeforeFirstEntry();
+            }
             while (true)
             {
-                if (Volatile.Read(ref _invokeCount) != 0)
+                if (!entered)
                 {
-                    RunInvokes();
-                    // An action may have disposed the vCPU: touch nothing of it any more.
-                    if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+                    if (_x86Hooks is { } x86) x86.BeforeRun(_runAddress);
+                    else _hooks.BeforeRun();
+                    // The request flag is the truth: a stale immediate_exit from an earlier kick is
+                    // cleared, a request made before this point makes KVM_RUN return at once. A kick
+                    // racing with this write saw the published thread, so its signal (blocked here,
+                    // pending) interrupts KVM_RUN.
+                    run[KvmRunPage.ImmediateExit] = Volatile.Read(ref _exitRequested) != 0 || Volatile.Read(ref _invokeCount) != 0 ? (byte)1 : (byte)0;
+                    r = _nativeKernel ? LinuxKernel.Run(_fdNumber) : Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+                    if (_x86Hooks is { } x86After) x86After.AfterRun(r, _runAddress);
+                    else _hooks.AfterRun(r);
                 }
-                _hooks.BeforeRun();
-                // PERF: one interlocked write to publish the thread, one to withdraw it; KVM_RUN itself
-                // is a full barrier, so a RequestExit either sees the thread or its immediate_exit is seen.
-                Interlocked.Exchange(ref _runningTid, tid);
-                // The request flag is the truth: a stale immediate_exit from an earlier kick is cleared,
-                // a request made before this point makes KVM_RUN return at once.
-                run[1] = Volatile.Read(ref _exitRequested) != 0 || Volatile.Read(ref _invokeCount) != 0 ? (byte)1 : (byte)0;
-                int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-                // A kicker that read our tid just before this may still send its signal: harmless, it
-                // stays pending (blocked) until drained, and if this thread ever ended and its tid were
-                // reused, the process-wide SIG_IGN discards it (see KickSignal). So no waiting here.
-                Interlocked.Exchange(ref _runningTid, 0);
-                _hooks.AfterRun(r);
-                if (r >= 0)
-                {
-                    // A full dirty ring: drain the rings into the tracker, then let the guest go on.
-                    if (DirtyRing is not null && LastExitReason == (uint)VcpuExitReason.DirtyRingFull)
-                    {
-                        _vm.DirtyTracker!.OnRingFull();
-                        continue;
-                    }
-                    break;
-                }
-                // EAGAIN: an x86 AP left KVM_MP_STATE_UNINITIALIZED (INIT/SIPI); enter again, as QEMU does.
-                if (r != -Errno.EINTR && r != -Errno.EAGAIN) ThrowRunFailed(r);
-                // Interrupted: consume the kick signal (it stays pending after KVM_RUN).
-                KickSignal.Drain();
-                // Only a request (or disposal) ends the run; an Invoke kick, a stray signal or EAGAIN re-enters.
-                if (Interlocked.Exchange(ref _exitRequested, 0) == 0 && Volatile.Read(ref _disposing) == 0) continue;
-                run[1] = 0;
-                // KVM leaves exit_reason stale on EINTR; report the interruption itself.
-                MemoryMarshal.Write(run.Slice(8, 4), (uint)VcpuExitReason.Interrupted);
-                break;
+                entered = false;
+                if ((r < 0 || DirtyRing is not null) && !EndsRun(r)) continue;
+                return new VcpuExit(run, Architecture);
             }
-            return new VcpuExit(run, Architecture);
         }
         finally
         {
-            if (!held) Release();
+            // Withdraw the thread (and, unless held, the ownership). A kicker that read the thread just
+            // before this may still send its signal: harmless, it stays pending (blocked) until a later
+            // run drains it, and if this thread ended and its tid were reused, the process-wide SIG_IGN
+            // discards it (see KickSignal).
+            if (held) Volatile.Write(ref _state, Owned(me));
+            else Release();
         }
+    }
+
+    /// <summary>Run's rare work before entering: the signal mask (first run), queued Invoke actions, disposal.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void BeforeFirstEntry()
+    {
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        if (!_signalMaskSet) SetSignalMask();
+        RunQueuedInvokes();
+    }
+
+    /// <summary>Runs queued Invoke actions on this (owning) thread; throws if one disposed the vCPU.</summary>
+    private void RunQueuedInvokes()
+    {
+        if (Volatile.Read(ref _invokeCount) == 0) return;
+        RunInvokes();
+        // An action may have disposed the vCPU: touch nothing of it any more.
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+    }
+
+    /// <summary>
+    /// Run's rare outcomes: a failed or interrupted KVM_RUN, or an exit while a dirty ring is in use.
+    /// Returns true when Run returns the exit now, false when it enters KVM_RUN again.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool EndsRun(int r)
+    {
+        if (r >= 0)
+        {
+            // A full dirty ring: drain the rings into the tracker, then let the guest go on.
+            if (LastExitReason != (uint)VcpuExitReason.DirtyRingFull) return true;
+            _vm.DirtyTracker!.OnRingFull();
+            RunQueuedInvokes();
+            return false;
+        }
+        // EAGAIN: an x86 AP left KVM_MP_STATE_UNINITIALIZED (INIT/SIPI); enter again, as QEMU does.
+        if (r != -Errno.EINTR && r != -Errno.EAGAIN) ThrowRunFailed(r);
+        // Interrupted: consume the kick signal (it stays pending after KVM_RUN).
+        KickSignal.Drain();
+        // Only a request (or disposal) ends the run; an Invoke kick, a stray signal or EAGAIN re-enters.
+        if (Interlocked.Exchange(ref _exitRequested, 0) == 0 && Volatile.Read(ref _disposing) == 0)
+        {
+            RunQueuedInvokes();
+            return false;
+        }
+        var run = RunPage;
+        run[KvmRunPage.ImmediateExit] = 0;
+        // KVM leaves exit_reason stale on EINTR; report the interruption itself.
+        MemoryMarshal.Write(run.Slice(KvmRunPage.ExitReason, 4), (uint)VcpuExitReason.Interrupted);
+        return true;
     }
 
     /// <summary>
@@ -306,14 +438,14 @@ public sealed class Vcpu : IDisposable
     /// </summary>
     internal void Hold()
     {
-        int me = Environment.CurrentManagedThreadId;
+        int me = KickSignal.CurrentThreadId;
         if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
-        if (_holdDepth > 0 && Volatile.Read(ref _owner) == me)
+        if (_holdDepth > 0 && Owner(Volatile.Read(ref _state)) == me)
         {
             _holdDepth++;
             return;
         }
-        if (Interlocked.CompareExchange(ref _owner, me, 0) != 0) ThrowOwned(me);
+        if (Interlocked.CompareExchange(ref _state, Owned(me), 0) != 0) ThrowOwned(me);
         _holdDepth = 1;
     }
 
@@ -334,7 +466,7 @@ public sealed class Vcpu : IDisposable
         if (timeout == Timeout.InfiniteTimeSpan) return Run();
         ArgumentOutOfRangeException.ThrowIfLessThan(timeout, TimeSpan.Zero);
         // Refuse before touching the shared timer: another thread's run must keep its own deadline.
-        if (IsOwnedByAnotherThread) ThrowOwned(Environment.CurrentManagedThreadId);
+        if (IsOwnedByAnotherThread) ThrowOwned(KickSignal.CurrentThreadId);
         var timer = _timer ??= new Timer(static s => ((Vcpu)s!).OnTimer(), this, Timeout.Infinite, Timeout.Infinite);
         lock (_timerLock) _timerState = 1;
         timer.Change(timeout, Timeout.InfiniteTimeSpan);
@@ -417,47 +549,51 @@ public sealed class Vcpu : IDisposable
 
     private void KickUnchecked()
     {
-        _run.Slice(0, 2)[1] = 1;
+        KvmRunPage.WriteByte(_runAddress, KvmRunPage.ImmediateExit, 1);
         Interlocked.MemoryBarrier(); // immediate_exit is visible before we look for the thread
-        int tid = Volatile.Read(ref _runningTid);
-        if (tid != 0) KickSignal.Send(tid);
+        long state = Volatile.Read(ref _state);
+        if ((state & RunningFlag) != 0) KickSignal.Send(Owner(state));
     }
 
-    /// <summary>Blocks the kick signal in this thread (once per thread) and tells KVM to unblock it inside KVM_RUN (once per vCPU).</summary>
-    private unsafe int PrepareThread()
+    /// <summary>Tells KVM to unblock the kick signal inside KVM_RUN (once per vCPU; the calling thread blocks it already).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private unsafe void SetSignalMask()
     {
-        int tid = KickSignal.PrepareCurrentThread();
-        if (!_signalMaskSet)
-        {
-            using var buf = new NativeBuffer(sizeof(kvm_signal_mask) + Libc.KernelSigsetBytes);
-            var view = new StructView(buf, 0, (int)buf.ByteLength);
-            view.At<kvm_signal_mask>(0).len = Libc.KernelSigsetBytes;
-            view.At<ulong>(sizeof(kvm_signal_mask)) = KickSignal.RunMask();
-            int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_SET_SIGNAL_MASK, view.Address);
-            if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_SIGNAL_MASK, r, $"vcpu {Id}, unblocking signal {KickSignal.Number} inside KVM_RUN");
-            _signalMaskSet = true;
-        }
-        return tid;
+        using var buf = new NativeBuffer(sizeof(kvm_signal_mask) + Libc.KernelSigsetBytes);
+        var view = new StructView(buf, 0, (int)buf.ByteLength);
+        view.At<kvm_signal_mask>(0).len = Libc.KernelSigsetBytes;
+        view.At<ulong>(sizeof(kvm_signal_mask)) = KickSignal.RunMask();
+        int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_SET_SIGNAL_MASK, view.Address);
+        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_SIGNAL_MASK, r, $"vcpu {Id}, unblocking signal {KickSignal.Number} inside KVM_RUN");
+        _signalMaskSet = true;
+        _fastPath = _x86Hooks is not null && DirtyRing is null;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ThrowOwned(int me)
     {
         if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
-        int owner = Volatile.Read(ref _owner);
+        int owner = Owner(Volatile.Read(ref _state));
         if (owner == me)
             throw new InvalidOperationException($"vCPU {Id} is already owned by this thread (Run called from inside an Invoke action or recursively).");
-        throw new InvalidOperationException($"vCPU {Id} is being run by managed thread {owner}; one thread runs a vCPU at a time.");
+        throw new InvalidOperationException($"vCPU {Id} is being run by thread {owner} (OS thread id); one thread runs a vCPU at a time.");
     }
 
     /// <summary>Gives up ownership; runs any Invoke actions queued meanwhile (on this thread) before leaving.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Release()
     {
-        Interlocked.Exchange(ref _owner, 0);
+        Interlocked.Exchange(ref _state, 0);
         // An Invoke that queued while we owned the vCPU and failed to take it over is waiting:
         // serve it now (Dekker with Invoke: both sides use full barriers).
+        if (Volatile.Read(ref _invokeCount) != 0) ServeInvokesAfterRelease();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ServeInvokesAfterRelease()
+    {
         while (Volatile.Read(ref _invokeCount) != 0 && Volatile.Read(ref _disposing) == 0
-               && Interlocked.CompareExchange(ref _owner, Environment.CurrentManagedThreadId, 0) == 0)
+               && Interlocked.CompareExchange(ref _state, Owned(KickSignal.CurrentThreadId), 0) == 0)
         {
             try
             {
@@ -465,7 +601,7 @@ public sealed class Vcpu : IDisposable
             }
             finally
             {
-                Interlocked.Exchange(ref _owner, 0);
+                Interlocked.Exchange(ref _state, 0);
             }
         }
     }
@@ -482,7 +618,7 @@ public sealed class Vcpu : IDisposable
     public void Invoke(Action<Vcpu> action)
     {
         ArgumentNullException.ThrowIfNull(action);
-        if (Volatile.Read(ref _owner) == Environment.CurrentManagedThreadId)
+        if (Owner(Volatile.Read(ref _state)) == KickSignal.CurrentThreadId)
         {
             action(this); // already on the owning thread (e.g. from an exit handler or another action)
             return;
@@ -514,7 +650,7 @@ public sealed class Vcpu : IDisposable
             FailQueued(); // Dispose raced us: it may have drained the queue before our item arrived
             return;
         }
-        if (Interlocked.CompareExchange(ref _owner, Environment.CurrentManagedThreadId, 0) == 0)
+        if (Interlocked.CompareExchange(ref _state, Owned(KickSignal.CurrentThreadId), 0) == 0)
         {
             // Nobody owns the vCPU: serve the queue here.
             try
@@ -601,9 +737,9 @@ public sealed class Vcpu : IDisposable
     internal void CompletePendingAccess()
     {
         var run = RunSpan();
-        run[1] = 1; // Run recomputes it from the request flag before every entry
+        run[KvmRunPage.ImmediateExit] = 1; // Run recomputes it from the request flag before every entry
         int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-        run[1] = 0;
+        run[KvmRunPage.ImmediateExit] = 0;
         if (r >= 0)
             throw new InvalidOperationException(
                 $"vCPU {Id}: completing the pending I/O or MMIO access produced another exit ({(VcpuExitReason)LastExitReason}); a string or split access needs more handling before registers can be saved or written.");
@@ -613,10 +749,10 @@ public sealed class Vcpu : IDisposable
     }
 
     /// <summary>For a port I/O exit: whether it was an IN (<c>kvm_run.io.direction</c>).</summary>
-    internal bool LastIoDirectionIsIn => _run.Slice(0, _runLength)[Architecture.ExitUnionOffset()] == 0;
+    internal bool LastIoDirectionIsIn => RunPage[Architecture.ExitUnionOffset()] == 0;
 
     /// <summary>The raw <c>kvm_run.exit_reason</c> of the last run (stale after an EINTR).</summary>
-    internal uint LastExitReason => MemoryMarshal.Read<uint>(_run.Slice(8, 4));
+    internal uint LastExitReason => MemoryMarshal.Read<uint>(RunPage.Slice(KvmRunPage.ExitReason, 4));
 
     /// <summary>The vCPU's <c>kvm_run</c> mapping, for the register strategies' views.</summary>
     internal MappedMemoryHandle RunMapping => _run;
@@ -662,12 +798,12 @@ public sealed class Vcpu : IDisposable
             while (!Volatile.Read(ref _disposed)) Thread.Sleep(1); // another thread is disposing: wait for it
             return;
         }
-        int me = Environment.CurrentManagedThreadId;
-        bool ownedByMe = Volatile.Read(ref _owner) == me;
+        int me = KickSignal.CurrentThreadId;
+        bool ownedByMe = Owner(Volatile.Read(ref _state)) == me;
         if (!ownedByMe)
         {
             var spin = new SpinWait();
-            while (Interlocked.CompareExchange(ref _owner, me, 0) != 0)
+            while (Interlocked.CompareExchange(ref _state, Owned(me), 0) != 0)
             {
                 KickUnchecked(); // the mapping is alive: only this thread unmaps it, below
                 spin.SpinOnce(sleep1Threshold: 20);
@@ -684,6 +820,6 @@ public sealed class Vcpu : IDisposable
         _run.Dispose();
         _fd.Dispose();
         Volatile.Write(ref _disposed, true);
-        if (!ownedByMe) Interlocked.Exchange(ref _owner, 0);
+        if (!ownedByMe) Interlocked.Exchange(ref _state, 0);
     }
 }

@@ -127,7 +127,7 @@ public readonly ref struct VcpuExit
         get
         {
             var r = Reason;
-            if (r != VcpuExitReason.X86Rdmsr && r != VcpuExitReason.X86Wrmsr) ThrowWrongKind("X86Rdmsr or X86Wrmsr");
+            if (r != VcpuExitReason.X86Rdmsr && r != VcpuExitReason.X86Wrmsr) ThrowWrongKind(RawReason, "X86Rdmsr or X86Wrmsr");
             return new X86MsrExit(_run.Slice(_u, 24));
         }
     }
@@ -174,11 +174,15 @@ public readonly ref struct VcpuExit
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Expect(VcpuExitReason reason)
     {
-        if (Reason != reason) ThrowWrongKind(reason.ToString());
+        if (RawReason != (uint)reason) ThrowWrongKind(RawReason, reason);
     }
 
-    private void ThrowWrongKind(string wanted) =>
-        throw new InvalidOperationException($"This exit is {Describe(RawReason)}, not {wanted}.");
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowWrongKind(uint actual, VcpuExitReason wanted) => ThrowWrongKind(actual, wanted.ToString());
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowWrongKind(uint actual, string wanted) =>
+        throw new InvalidOperationException($"This exit is {Describe(actual)}, not {wanted}.");
 
     private static string Describe(uint raw) =>
         Enum.IsDefined((VcpuExitReason)raw) ? ((VcpuExitReason)raw).ToString() : $"unknown exit reason {raw}";

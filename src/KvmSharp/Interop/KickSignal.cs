@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace KvmSharp.Interop;
@@ -16,8 +17,9 @@ internal static unsafe class KickSignal
 {
     private static int s_signal;
 
-    [ThreadStatic] private static bool t_blocked;
-    [ThreadStatic] private static int t_tid;
+    // The calling thread's OS id, cached: 0 until first asked for; negative (-tid) while the thread
+    // does not block the kick signal; positive once it does (it has run a vCPU).
+    [ThreadStatic] private static int t_id;
 
     /// <summary>The signal number: SIGRTMAX - 2 unless set before first use.</summary>
     public static int Number
@@ -41,12 +43,64 @@ internal static unsafe class KickSignal
 
     /// <summary>
     /// Blocks the kick signal in the calling thread (once per thread) and returns the thread's OS id.
-    /// PERF: both are cached per thread, so a run costs no extra syscall.
+    /// PERF: both are cached per thread, so a run costs no extra syscall; the check is one thread-static read.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static int PrepareCurrentThread()
     {
-        if (!t_blocked) BlockInCurrentThread();
-        return t_tid != 0 ? t_tid : (t_tid = Libc.gettid());
+        int id = t_id;
+        return id > 0 ? id : PrepareSlow();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static int PrepareSlow()
+    {
+        BlockInCurrentThread();
+        return t_id = Libc.gettid();
+    }
+
+    /// <summary>The calling thread's OS id if it blocks the kick signal already (has run a vCPU), else 0.</summary>
+    public static int PreparedThreadId
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            int id = t_id;
+            return id > 0 ? id : 0;
+        }
+    }
+
+    /// <summary>The calling thread's OS id (cached per thread; the signal mask is left alone).</summary>
+    public static int CurrentThreadId
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            int id = t_id;
+            return id > 0 ? id : id < 0 ? -id : CurrentThreadIdSlow();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static int CurrentThreadIdSlow()
+    {
+        int tid = Libc.gettid();
+        t_id = -tid;
+        return tid;
+    }
+
+    /// <summary>
+    /// The calling thread's OS id if it was ever asked for, else 0: enough to tell whether the calling
+    /// thread is one that took something with <see cref="CurrentThreadId"/> or <see cref="PrepareCurrentThread"/>.
+    /// </summary>
+    public static int CurrentThreadIdIfKnown
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            int id = t_id;
+            return id >= 0 ? id : -id;
+        }
     }
 
     private static int s_ignored;
@@ -79,7 +133,6 @@ internal static unsafe class KickSignal
         // SAFETY: set points to a zeroed glibc sigset_t on the stack; oldset may be null.
         int r = Libc.pthread_sigmask(Libc.SIG_BLOCK, set, null);
         if (r != 0) throw new KvmException("pthread_sigmask", r, $"blocking signal {Number}");
-        t_blocked = true;
     }
 
     /// <summary>

@@ -30,6 +30,9 @@ internal static partial class KvmIoctls
 
     // vCPU fd
     public static readonly KvmIoctl KVM_RUN = KvmIoctl.IO(nameof(KVM_RUN), 0x80);
+
+    /// <summary>KVM_RUN's number, _IO(KVMIO, 0x80), the same on every architecture (a test checks it against <see cref="KVM_RUN"/>).</summary>
+    public const uint KvmRunNumber = 0xAE80;
     public static readonly KvmIoctl KVM_SET_SIGNAL_MASK = KvmIoctl.IOW<kvm_signal_mask>(nameof(KVM_SET_SIGNAL_MASK), 0x8B);
     public static readonly KvmIoctl KVM_GET_MP_STATE = KvmIoctl.IOR<kvm_mp_state>(nameof(KVM_GET_MP_STATE), 0x98);
     public static readonly KvmIoctl KVM_SET_MP_STATE = KvmIoctl.IOW<kvm_mp_state>(nameof(KVM_SET_MP_STATE), 0x99);

@@ -50,5 +50,18 @@ internal sealed unsafe class MappedMemoryHandle : SafeBuffer
         return new Span<byte>((byte*)handle + offset, length);
     }
 
+    /// <summary>
+    /// A span over <paramref name="length"/> bytes at <paramref name="address"/>, an address inside a
+    /// live mapping (see <see cref="Pointer"/>): for owners that cache the address so that a hot path
+    /// need not load the handle object.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static Span<byte> SpanAt(nint address, int length)
+    {
+        // SAFETY: callers pass an address and length inside a mapping they own and have not disposed
+        // (the same contract as Slice, with the handle's address cached by the owner).
+        return new Span<byte>((void*)address, length);
+    }
+
     protected override bool ReleaseHandle() => _kernel.Munmap(handle, (nuint)ByteLength) == 0;
 }

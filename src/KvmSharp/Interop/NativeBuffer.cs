@@ -51,5 +51,16 @@ internal readonly unsafe struct StructView
     public Span<byte> Span => new(_p, _length);
 
     /// <summary>A reference to a <typeparamref name="T"/> at byte <paramref name="offset"/> (bounds-checked).</summary>
-    public ref T At<T>(int offset) where T : unmanaged => ref MemoryMarshal.AsRef<T>(Span.Slice(offset, sizeof(T)));
+    /// <remarks>PERF: one small inlinee (register accessors sit in callers' exit loops, where the JIT's inlining budget is shared).</remarks>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public ref T At<T>(int offset) where T : unmanaged
+    {
+        if ((uint)offset > (uint)_length || (uint)(_length - offset) < (uint)sizeof(T)) ThrowOutside(offset, sizeof(T), _length);
+        // SAFETY: offset..offset+sizeof(T) lies inside the view (checked above), and the view inside its live owner.
+        return ref *(T*)(_p + offset);
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private static void ThrowOutside(int offset, int size, int length) =>
+        throw new ArgumentOutOfRangeException(nameof(offset), $"0x{offset:X}+0x{size:X} lies outside a view of 0x{length:X} bytes.");
 }

@@ -8,6 +8,8 @@ namespace KvmSharp.Interop.X86;
 internal unsafe struct kvm_run
 {
     public const int ExitUnionOffset = 32;
+    /// <summary>Offset of <c>kvm_dirty_regs</c>, for the hot path's fixed-offset access (a test checks it against the field).</summary>
+    public const int DirtyRegsOffset = 296;
     /// <summary>Page offset of the dirty ring in a vCPU fd's mapping (x86 defines it; arm64 from 6.2).</summary>
     public const int KVM_DIRTY_LOG_PAGE_OFFSET = 64;
     [FieldOffset(0)] public byte request_interrupt_window;

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
 
@@ -81,6 +82,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
 
         _kernelHasSyncRegs = (syncRegsCapability & (int)SyncCapable) == (int)SyncCapable;
         _useSyncRegs = _kernelHasSyncRegs;
+        _syncBlock = _useSyncRegs ? _runSync : _shadowSync;
         ApplyValidRegs();
     }
 
@@ -111,6 +113,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
                 throw new NotSupportedException("This KVM does not offer KVM_CAP_SYNC_REGS for GPRs, special registers and events.");
             Invalidate();
             _useSyncRegs = value;
+            _syncBlock = value ? _runSync : _shadowSync;
             ApplyValidRegs();
         }
     }
@@ -145,7 +148,10 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// <summary>The MSRs in <see cref="X86RegisterSets.ResetMsrs"/> (those of KvmSharp's list that this KVM supports).</summary>
     public IReadOnlyList<uint> ResetMsrIndices => _resetMsrIndices;
 
-    private StructView SyncBlock => _useSyncRegs ? _runSync : _shadowSync;
+    // _runSync while sync regs are used, else _shadowSync (kept in step with _useSyncRegs).
+    private StructView _syncBlock;
+
+    private StructView SyncBlock => _syncBlock;
 
     private void ApplyValidRegs() => _vcpu.RunValidRegs = _useSyncRegs ? (ulong)_syncOnExit : 0;
 
@@ -541,7 +547,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         _accessPending = _writeCompletes = false;
         Flush(viaRun: true);
         _vcpu.CompletePendingAccess();
-        AfterRunCore();
+        RefreshValid(_vcpu.RunAddress);
     }
 
     /// <inheritdoc/>
@@ -618,29 +624,68 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         WriteDirty();
     }
 
+    void IRunHooks.BeforeRun() => BeforeRun(_vcpu.RunAddress);
+
+    void IRunHooks.AfterRun(int result) => AfterRun(result, _vcpu.RunAddress);
+
+    /// <summary>
+    /// <see cref="IRunHooks.BeforeRun"/>, callable without an interface dispatch (Vcpu's hot path),
+    /// with the address of the vCPU's kvm_run at hand.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    void IRunHooks.BeforeRun()
+    internal void BeforeRun(nint run)
     {
-        if (_dirty != 0) Flush(viaRun: true);
+        if (CanFlushInline) FlushInline(run);
+        else Flush(viaRun: true);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    void IRunHooks.AfterRun(int result)
+    /// <summary>
+    /// Whether the write-back before the next KVM_RUN needs no ioctl: nothing is dirty, or only sets
+    /// that travel in kvm_run (with sync regs on). <see cref="FlushInline"/> then does it.
+    /// </summary>
+    internal bool CanFlushInline
     {
-        uint reason = _vcpu.LastExitReason;
-        _accessPending = result >= 0 && (reason == (uint)VcpuExitReason.Io || reason == (uint)VcpuExitReason.Mmio);
-        _writeCompletes = _accessPending && (reason == (uint)VcpuExitReason.Mmio || _vcpu.LastIoDirectionIsIn);
-        AfterRunCore();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _dirty == 0 || (_useSyncRegs && (_dirty & ~SyncCapable) == 0);
     }
 
+    /// <summary>
+    /// The write-back when <see cref="CanFlushInline"/>: flags the dirty sets in kvm_dirty_regs for
+    /// KVM_RUN to load (what <see cref="Flush"/> does for them). Never throws.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void AfterRunCore()
+    internal void FlushInline(nint run)
     {
-        // The run may have changed everything; what the kernel stored in kvm_run is fresh. A set
-        // still flagged in kvm_dirty_regs (the run failed before loading it) keeps its cached value.
-        var kept = _useSyncRegs ? (X86RegisterSets)(long)_vcpu.RunDirtyRegs & SyncCapable : 0;
-        _valid = (_useSyncRegs ? _syncOnExit : 0) | kept;
+        KvmRunPage.OrInt64(run, RunDirtyRegs, (long)_dirty);
+        _dirty = 0;
     }
+
+    // kvm_run offsets (x86): exit_reason, io.direction (the exit union's first byte), kvm_dirty_regs.
+    private const int RunExitReason = KvmRunPage.ExitReason;
+    private const int RunIoDirection = Interop.X86.kvm_run.ExitUnionOffset;
+    private const int RunDirtyRegs = Interop.X86.kvm_run.DirtyRegsOffset;
+
+    /// <summary>
+    /// <see cref="IRunHooks.AfterRun"/>, callable without an interface dispatch (Vcpu's hot path),
+    /// reading what it needs from the vCPU's kvm_run at <paramref name="run"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void AfterRun(int result, nint run)
+    {
+        uint reason = KvmRunPage.ReadUInt32(run, RunExitReason);
+        bool access = result >= 0 && (reason == (uint)VcpuExitReason.Io || reason == (uint)VcpuExitReason.Mmio);
+        _accessPending = access;
+        _writeCompletes = access && (reason == (uint)VcpuExitReason.Mmio || KvmRunPage.ReadByte(run, RunIoDirection) == (byte)IoDirection.In);
+        RefreshValid(run);
+    }
+
+    /// <summary>
+    /// After any KVM_RUN: the run may have changed everything; what the kernel stored in kvm_run is
+    /// fresh. A set still flagged in kvm_dirty_regs (the run failed before loading it) keeps its cached value.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void RefreshValid(nint run) =>
+        _valid = _useSyncRegs ? _syncOnExit | ((X86RegisterSets)KvmRunPage.ReadInt64(run, RunDirtyRegs) & SyncCapable) : 0;
 
     void IRunHooks.Release() => _shadow.Dispose();
 }

@@ -101,6 +101,30 @@ public class X86RegisterSyncTests(bool syncRegs) : KvmTestBase
     }
 
     [Test]
+    public void RunTakesItsInlinedPath_ExactlyWhenTheWriteBackNeedsNoIoctl()
+    {
+        using var g = Guest(Counter);
+        var cpu = g.Cpu;
+        Assert.That(cpu.CanRunFast, Is.False, "before the first run (signal mask not set yet)");
+        cpu.Run();
+        Assert.That(cpu.CanRunFast, Is.True, "nothing dirty");
+        cpu.X86.Rax = 1;
+        Assert.That(cpu.CanRunFast, Is.EqualTo(syncRegs), "dirty GPRs travel in kvm_run only with sync regs");
+        cpu.Run();
+        Assert.That(cpu.CanRunFast, Is.True);
+        cpu.X86.Xcr0 = cpu.X86.Xcr0;
+        Assert.That(cpu.CanRunFast, Is.False, "XCR0 needs KVM_SET_XCRS");
+        _kernel.ResetCounts();
+        cpu.Run();
+        Assert.That(_kernel.Count(KvmIoctls.X86.KVM_SET_XCRS), Is.EqualTo(1), "the slow path wrote it back");
+        Assert.That(cpu.CanRunFast, Is.True);
+        cpu.Hold();
+        Assert.That(cpu.CanRunFast, Is.False, "held by a run loop");
+        cpu.Unhold();
+        Assert.That(cpu.CanRunFast, Is.True);
+    }
+
+    [Test]
     public void HotExits_AllocateNothing()
     {
         using var g = Guest(Counter);

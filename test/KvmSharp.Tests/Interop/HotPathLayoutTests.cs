@@ -1,0 +1,34 @@
+using System.Runtime.InteropServices;
+using KvmSharp.Interop;
+
+namespace KvmSharp.Tests.Interop;
+
+/// <summary>
+/// The constants Vcpu.Run's inlined path uses instead of the interop structs: each must equal what
+/// the structs say (and those are checked against the kernel headers by <see cref="UapiLayoutTests"/>).
+/// </summary>
+[TestFixture]
+public class HotPathLayoutTests
+{
+    [Test]
+    public void KvmRunNumber_IsKvmRun() =>
+        Assert.That(KvmIoctls.KVM_RUN.Number, Is.EqualTo(KvmIoctls.KvmRunNumber));
+
+    [TestCase(typeof(KvmSharp.Interop.X86.kvm_run))]
+    [TestCase(typeof(KvmSharp.Interop.Arm64.kvm_run))]
+    [TestCase(typeof(KvmSharp.Interop.S390x.kvm_run))]
+    public void ImmediateExitAndExitReason_AreAtTheSameOffsetOnEveryArch(Type kvmRun)
+    {
+        Assert.That((int)Marshal.OffsetOf(kvmRun, "immediate_exit"), Is.EqualTo(KvmRunPage.ImmediateExit));
+        Assert.That((int)Marshal.OffsetOf(kvmRun, "exit_reason"), Is.EqualTo(KvmRunPage.ExitReason));
+    }
+
+    [Test]
+    public void X86DirtyRegsOffset_IsTheField()
+    {
+        Assert.That((int)Marshal.OffsetOf<KvmSharp.Interop.X86.kvm_run>(nameof(KvmSharp.Interop.X86.kvm_run.kvm_dirty_regs)),
+            Is.EqualTo(KvmSharp.Interop.X86.kvm_run.DirtyRegsOffset));
+        Assert.That((int)Marshal.OffsetOf<KvmSharp.Interop.X86.kvm_run>(nameof(KvmSharp.Interop.X86.kvm_run.padding)),
+            Is.EqualTo(KvmSharp.Interop.X86.kvm_run.ExitUnionOffset), "io.direction is the exit union's first byte");
+    }
+}
