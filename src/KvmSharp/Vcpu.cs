@@ -294,14 +294,11 @@ public sealed class Vcpu : IDisposable
             // Owned, and published to kickers (the CAS is a full barrier: a RequestExit either sees
             // this thread or its request is seen below).
             var x86 = _x86Hooks!;
-            nint run = _runAddress;
-            x86.FlushInline(run);
-            KvmRunPage.WriteByte(run, KvmRunPage.ImmediateExit, (Volatile.Read(ref _exitRequested) | Volatile.Read(ref _invokeCount)) != 0 ? (byte)1 : (byte)0);
-            int r = _nativeKernel ? LinuxKernel.Run(_fdNumber) : Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-            x86.AfterRun(r, run);
+            x86.FlushInline(_runAddress);
+            int r = EnterKvmRun();
+            x86.AfterRun(r, _runAddress);
             if (r < 0) return RunOwned(me, held: false, r);
-            Interlocked.Exchange(ref _state, 0);
-            if (Volatile.Read(ref _invokeCount) != 0) ServeInvokesAfterRelease();
+            Release();
             return new VcpuExit(RunPage, KvmArchitecture.X86_64);
         }
         return RunSlow();
@@ -326,26 +323,31 @@ public sealed class Vcpu : IDisposable
         if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
         // The OS thread id identifies the owner and is where kicks go.
         int me = KickSignal.PrepareCurrentThread();
-        // Take the vCPU and publish this thread to kickers in one interlocked operation (a full
-        // barrier, so a RequestExit either sees the thread or its request is seen below). A run loop
-        // (VcpuRunner) holds the vCPU between runs and only publishes the thread here.
+        // A run loop (VcpuRunner) holds the vCPU between runs; otherwise take it. The thread is
+        // published to kickers only around each KVM_RUN (RunOwned).
         bool held = _holdDepth > 0 && Owner(Volatile.Read(ref _state)) == me;
-        if (held) Interlocked.Exchange(ref _state, OwnedRunning(me));
-        else if (Interlocked.CompareExchange(ref _state, OwnedRunning(me), 0) != 0) ThrowOwned(me);
+        if (!held && Interlocked.CompareExchange(ref _state, Owned(me), 0) != 0) ThrowOwned(me);
         return RunOwned(me, held, 0, entered: false);
     }
 
     /// <summary>
-    /// The general run loop, entered owning the vCPU (thread published): either before the first
-    /// KVM_RUN (<paramref name="entered"/> false) or with the result <paramref name="r"/> of one the
-    /// fast path made. Releases the vCPU (or, if <paramref name="held"/>, withdraws the thread) on the way out.
+    /// The general run loop, entered owning the vCPU: either before the first KVM_RUN
+    /// (<paramref name="entered"/> false) or with the result <paramref name="r"/> of one the fast
+    /// path made (its thread still published). The thread is published to kickers only around each
+    /// KVM_RUN, so a kick during the rest (Invoke actions, ioctls, draining) costs no signal. Releases
+    /// the vCPU (or, if <paramref name="held"/>, keeps holding it) on the way out.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)] // rare: keep it out of the callers Run is inlined into
     private VcpuExit RunOwned(int me, bool held, int r, bool entered = true)
     {
         try
         {
             var run = RunPage;
-            if (!entered)
+            if (entered)
+            {
+                Volatile.Write(ref _state, Owned(me));
+            }
+            else
             {
                 if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
                 if (!_signalMaskSet || Volatile.Read(ref _invokeCount) != 0) BeforeFirstEntry();
@@ -356,12 +358,11 @@ public sealed class Vcpu : IDisposable
                 {
                     if (_x86Hooks is { } x86) x86.BeforeRun(_runAddress);
                     else _hooks.BeforeRun();
-                    // The request flag is the truth: a stale immediate_exit from an earlier kick is
-                    // cleared, a request made before this point makes KVM_RUN return at once. A kick
-                    // racing with this write saw the published thread, so its signal (blocked here,
-                    // pending) interrupts KVM_RUN.
-                    run[KvmRunPage.ImmediateExit] = Volatile.Read(ref _exitRequested) != 0 || Volatile.Read(ref _invokeCount) != 0 ? (byte)1 : (byte)0;
-                    r = _nativeKernel ? LinuxKernel.Run(_fdNumber) : Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+                    // Publish the thread (a full barrier: a RequestExit either sees it or its request
+                    // is seen by EnterKvmRun), enter, withdraw.
+                    Interlocked.Exchange(ref _state, OwnedRunning(me));
+                    r = EnterKvmRun();
+                    Volatile.Write(ref _state, Owned(me));
                     if (_x86Hooks is { } x86After) x86After.AfterRun(r, _runAddress);
                     else _hooks.AfterRun(r);
                 }
@@ -372,20 +373,32 @@ public sealed class Vcpu : IDisposable
         }
         finally
         {
-            // Withdraw the thread (and, unless held, the ownership). A kicker that read the thread just
-            // before this may still send its signal: harmless, it stays pending (blocked) until a later
-            // run drains it, and if this thread ended and its tid were reused, the process-wide SIG_IGN
-            // discards it (see KickSignal).
-            if (held) Volatile.Write(ref _state, Owned(me));
-            else Release();
+            // A kicker that saw the thread just before it was withdrawn may still send its signal:
+            // harmless, it stays pending (blocked) until a later run drains it, and if this thread
+            // ended and its tid were reused, the process-wide SIG_IGN discards it (see KickSignal).
+            if (!held) Release();
         }
     }
 
-    /// <summary>Run's rare work before entering: the signal mask (first run), queued Invoke actions, disposal.</summary>
+    /// <summary>
+    /// Sets <c>immediate_exit</c> and issues KVM_RUN (the caller owns the vCPU, its thread published,
+    /// registers written back). Returns KVM_RUN's result, or -errno.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int EnterKvmRun()
+    {
+        // The request flags are the truth: a stale immediate_exit from an earlier kick is cleared; a
+        // request, a queued Invoke or a disposal begun before this point makes KVM_RUN return at once. A kick racing with this write
+        // saw the published thread, so its signal (blocked here, pending) interrupts KVM_RUN.
+        KvmRunPage.WriteByte(_runAddress, KvmRunPage.ImmediateExit,
+            (Volatile.Read(ref _exitRequested) | Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) != 0 ? (byte)1 : (byte)0);
+        return _nativeKernel ? LinuxKernel.Run(_fdNumber) : Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+    }
+
+    /// <summary>Run's rare work before entering: the signal mask (first run), queued Invoke actions.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void BeforeFirstEntry()
     {
-        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
         if (!_signalMaskSet) SetSignalMask();
         RunQueuedInvokes();
     }
@@ -592,9 +605,11 @@ public sealed class Vcpu : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ServeInvokesAfterRelease()
     {
+        bool served = false;
         while (Volatile.Read(ref _invokeCount) != 0 && Volatile.Read(ref _disposing) == 0
                && Interlocked.CompareExchange(ref _state, Owned(KickSignal.CurrentThreadId), 0) == 0)
         {
+            served = true;
             try
             {
                 RunInvokes();
@@ -604,6 +619,9 @@ public sealed class Vcpu : IDisposable
                 Interlocked.Exchange(ref _state, 0);
             }
         }
+        // An action run here disposed the vCPU: the caller (Run returning an exit view into
+        // kvm_run, now unmapped) must not go on as if nothing happened.
+        if (served && Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
     }
 
     // ---- Invoke --------------------------------------------------------------------------------
@@ -747,9 +765,6 @@ public sealed class Vcpu : IDisposable
         // PERF: no signal drain here (a syscall): a kick that arrived meanwhile stays pending and
         // makes the next real KVM_RUN return EINTR, which Run drains and re-enters.
     }
-
-    /// <summary>For a port I/O exit: whether it was an IN (<c>kvm_run.io.direction</c>).</summary>
-    internal bool LastIoDirectionIsIn => RunPage[Architecture.ExitUnionOffset()] == 0;
 
     /// <summary>The raw <c>kvm_run.exit_reason</c> of the last run (stale after an EINTR).</summary>
     internal uint LastExitReason => MemoryMarshal.Read<uint>(RunPage.Slice(KvmRunPage.ExitReason, 4));

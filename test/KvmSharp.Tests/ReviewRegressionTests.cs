@@ -121,4 +121,46 @@ public class ReviewRegressionTests : KvmTestBase
         g.Vm.Restore(snap);
         Assert.That(fresh.Read<ulong>(0x400000), Is.EqualTo(0x1234UL));
     }
+
+    [Test]
+    public void AnActionServedOnRelease_ThatDisposesTheVcpu_IsReported()
+    {
+        using var g = TestGuest.LongMode(Kvm, a => a.hlt());
+        var cpu = g.Cpu;
+        cpu.Hold();
+        // Queued while this thread holds the vCPU: it runs when the hold ends, on this thread.
+        var action = cpu.InvokeAsync(v => v.Dispose());
+        Assert.That(action.IsCompleted, Is.False);
+        Assert.That(() => cpu.Unhold(), Throws.TypeOf<ObjectDisposedException>(), "the caller learns the vCPU is gone");
+        Assert.That(action.IsCompletedSuccessfully, Is.True);
+        Assert.That(cpu.IsDisposed, Is.True);
+    }
+
+    [Test]
+    public void CacheOperationsThatIssueIoctls_CheckTheThreadFirst()
+    {
+        using var g = TestGuest.LongMode(Kvm, a => a.hlt());
+        var x86 = g.Cpu.X86; // a reference taken while the vCPU is free
+        var state = x86.SaveState();
+        g.Cpu.Hold();
+        try
+        {
+            var errors = Task.Run(() => new Action[]
+            {
+                () => x86.Invalidate(),
+                () => x86.PostReset(),
+                () => x86.PostInit(),
+                () => x86.RestoreState(state),
+            }.Select(op =>
+            {
+                try { op(); return null; }
+                catch (Exception e) { return e; }
+            }).ToArray()).Result;
+            Assert.That(errors, Has.All.TypeOf<InvalidOperationException>());
+        }
+        finally
+        {
+            g.Cpu.Unhold();
+        }
+    }
 }

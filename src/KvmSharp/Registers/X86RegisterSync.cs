@@ -467,6 +467,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// <inheritdoc/>
     public void Push(SyncLevel level)
     {
+        _vcpu.CheckAccess();
         BeforeWrite();
         _dirty |= _valid & (level >= SyncLevel.Reset ? X86RegisterSets.All : X86RegisterSets.All & ~ResetLevel);
         FlushWithIoctls();
@@ -481,6 +482,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// <inheritdoc/>
     public void Invalidate()
     {
+        _vcpu.CheckAccess();
         FlushWithIoctls();
         _valid = 0;
     }
@@ -543,6 +545,8 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// </summary>
     private void CompletePendingAccess()
     {
+        // Before any ioctl or KVM_RUN: a cached reference used from another thread must not get this far.
+        _vcpu.CheckAccess();
         if (!_accessPending) return;
         _accessPending = _writeCompletes = false;
         Flush(viaRun: true);
@@ -566,6 +570,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     public void RestoreState(RegisterState state)
     {
         ArgumentNullException.ThrowIfNull(state);
+        _vcpu.CheckAccess();
         if (state.Architecture != KvmArchitecture.X86_64)
             throw new ArgumentException($"Cannot restore {state.Architecture} registers into an x86_64 vCPU.", nameof(state));
         foreach (var set in FlushOrder)
@@ -656,8 +661,12 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void FlushInline(nint run)
     {
-        KvmRunPage.OrInt64(run, RunDirtyRegs, (long)_dirty);
-        _dirty = 0;
+        // Only sets that travel in kvm_run are handed over (CanFlushInline says they are all there
+        // is; a set another thread dirtied meanwhile, against the thread rules, stays dirty for the
+        // next write-back rather than reaching kvm_dirty_regs, where KVM would reject it).
+        var hand = _useSyncRegs ? _dirty & SyncCapable : 0;
+        KvmRunPage.OrInt64(run, RunDirtyRegs, (long)hand);
+        _dirty &= ~hand;
     }
 
     // kvm_run offsets (x86): exit_reason, io.direction (the exit union's first byte), kvm_dirty_regs.

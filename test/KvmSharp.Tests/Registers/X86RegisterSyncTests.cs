@@ -125,6 +125,23 @@ public class X86RegisterSyncTests(bool syncRegs) : KvmTestBase
     }
 
     [Test]
+    public void TheInlineWriteBack_HandsOnlyKvmRunSetsToKvm()
+    {
+        using var g = Guest(Counter);
+        var cpu = g.Cpu;
+        cpu.Run();
+        cpu.X86.Rax = 7;
+        cpu.X86.Xcr0 = cpu.X86.Xcr0; // a set KVM would reject in kvm_dirty_regs
+        cpu.X86.FlushInline(cpu.RunAddress);
+        Assert.That(cpu.RunDirtyRegs, Is.EqualTo(syncRegs ? (ulong)X86RegisterSets.Gprs : 0UL));
+        Assert.That(cpu.X86.DirtySets, Is.EqualTo(syncRegs ? X86RegisterSets.Xcrs : X86RegisterSets.Xcrs | X86RegisterSets.Gprs),
+            "what does not travel in kvm_run stays dirty for the ioctl write-back");
+        var exit = cpu.Run();
+        Assert.That((exit.Reason, exit.Io.Value), Is.EqualTo((VcpuExitReason.Io, 21u)), "RAX reached the guest: 7 * 3");
+        Assert.That(cpu.X86.DirtySets, Is.EqualTo(X86RegisterSets.None));
+    }
+
+    [Test]
     public void HotExits_AllocateNothing()
     {
         using var g = Guest(Counter);
