@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
 
