@@ -1,6 +1,5 @@
 using System.Diagnostics;
-using KvmSharp.Guests;
-using KvmSharp.Snapshots;
+using FuzzHarness;
 
 namespace KvmSharp.Benchmarks;
 
@@ -16,12 +15,8 @@ namespace KvmSharp.Benchmarks;
 /// </summary>
 internal static class FuzzRate
 {
-    // The sample's own target (compiled in from samples/FuzzHarness/Target.cs), without its bugs.
-    private const ulong Code = FuzzHarness.Target.Code, Input = FuzzHarness.Target.Input,
-        Coverage = FuzzHarness.Target.Coverage, StackTop = FuzzHarness.Target.StackTop;
-    private const int MaxInput = FuzzHarness.Target.MaxInput, CoverageBytes = FuzzHarness.Target.CoverageBytes;
+    // The sample's own target, VM setup, mutator and corpus (compiled in from samples/FuzzHarness), without its bugs.
     private const ushort DonePort = FuzzHarness.Target.DonePort;
-    private const byte FaultPort = FuzzHarness.Target.FaultPort;
 
     public static int Run(string[] args)
     {
@@ -89,68 +84,11 @@ internal static class FuzzRate
         return results;
     }
 
-    /// <summary>Inputs that reached new coverage, shared by all workers (as in the sample).</summary>
-    private sealed class Corpus
+    /// <summary>One worker: the sample's VM, mutator and corpus, in a loop that times its parts.</summary>
+    private sealed class Fuzzer(Kvm kvm, byte[] code, Corpus corpus, int seed) : IDisposable
     {
-        private readonly List<byte[]> _inputs = [[]];
-        private readonly bool[] _seen = new bool[CoverageBytes];
-
-        public int Count
-        {
-            get
-            {
-                lock (_inputs) return _inputs.Count;
-            }
-        }
-
-        public byte[] Pick(Random random)
-        {
-            lock (_inputs) return _inputs[random.Next(_inputs.Count)];
-        }
-
-        public void Offer(ReadOnlySpan<byte> input, ReadOnlySpan<byte> coverage)
-        {
-            lock (_inputs)
-            {
-                bool fresh = false;
-                for (int i = 0; i < coverage.Length; i++)
-                    if (coverage[i] != 0 && !_seen[i]) fresh = _seen[i] = true;
-                if (fresh) _inputs.Add(input.ToArray());
-            }
-        }
-    }
-
-    private sealed class Fuzzer : IDisposable
-    {
-        private readonly VirtualMachine _vm;
-        private readonly MemorySlot _ram;
-        private readonly Vcpu _cpu;
-        private readonly VmSnapshot _snapshot;
-        private readonly Corpus _corpus;
-        private readonly Random _random;
-        private readonly byte[] _input = new byte[MaxInput];
-
-        public Fuzzer(Kvm kvm, byte[] code, Corpus corpus, int seed)
-        {
-            _corpus = corpus;
-            _random = new Random(seed);
-            _vm = kvm.CreateVirtualMachine();
-            try
-            {
-                _vm.EnableDirtyTracking();
-                _ram = _vm.AddMemorySlot(0, 0x200000);
-                _ram.Write(Code, code);
-                _cpu = _vm.CreateVcpu();
-                X86LongMode.Setup(_cpu, _ram, Code, StackTop, new X86LongModeOptions { UserMode = true, FaultPort = FaultPort });
-                _cpu.X86.Rdi = Input;
-                _snapshot = _vm.CreateSnapshot();
-            }
-            catch
-            {
-                _vm.Dispose();
-                throw;
-            }
-        }
+        private readonly FuzzVm _vm = new(kvm, code);
+        private readonly Mutator _mutator = new(seed);
 
         public WorkerResult RunFor(TimeSpan duration)
         {
@@ -159,17 +97,15 @@ internal static class FuzzRate
             long start = Stopwatch.GetTimestamp(), end = start + (long)(duration.TotalSeconds * Stopwatch.Frequency), now = start;
             while (now < end)
             {
-                int length = Mutate(_corpus.Pick(_random));
+                var input = _mutator.Mutate(corpus.Pick(_mutator.Random));
                 long t0 = Stopwatch.GetTimestamp();
-                _vm.Restore(_snapshot);                                 // only the pages the last run dirtied
+                _vm.Restore();
                 long t1 = Stopwatch.GetTimestamp();
-                _ram.Write(Input, _input.AsSpan(0, length));            // tracked: restored after this run too
-                _cpu.X86.Rsi = (ulong)length;                           // through kvm_run: no ioctl
-                var exit = _cpu.Run(TimeSpan.FromSeconds(1));
+                var exit = _vm.Run(input);
                 now = Stopwatch.GetTimestamp();
                 if (exit.Reason != VcpuExitReason.Io || exit.Io.Port != DonePort)
                     throw new InvalidOperationException($"The bug-free guest ended with {exit.ToString()}.");
-                _corpus.Offer(_input.AsSpan(0, length), _ram.GetSpan(Coverage, CoverageBytes));
+                corpus.Offer(input, _vm.Coverage);
                 restoreTicks += t1 - t0;
                 runTicks += now - t1;
                 execs++;
@@ -177,41 +113,6 @@ internal static class FuzzRate
             allocated = GC.GetAllocatedBytesForCurrentThread() - allocated;
             return new WorkerResult(execs, (double)(now - start) / Stopwatch.Frequency,
                 (double)restoreTicks / Stopwatch.Frequency, (double)runTicks / Stopwatch.Frequency, allocated);
-        }
-
-        /// <summary>
-        /// The sample's mutations (insert, replace, append, remove; 1–3 of them). PERF: into a reused
-        /// buffer, where the sample allocates a list and an array per execution, so that the rate is
-        /// the library's loop rather than the mutator's garbage.
-        /// </summary>
-        private int Mutate(byte[] parent)
-        {
-            int length = parent.Length;
-            parent.CopyTo(_input, 0);
-            int n = 1 + _random.Next(3);
-            for (int i = 0; i < n; i++)
-            {
-                int op = _random.Next(4);
-                if (length == 0 || op == 0)
-                {
-                    if (length < MaxInput)
-                    {
-                        int at = _random.Next(length + 1);
-                        Array.Copy(_input, at, _input, at + 1, length - at);
-                        _input[at] = (byte)_random.Next(256);
-                        length++;
-                    }
-                }
-                else if (op == 1) _input[_random.Next(length)] = (byte)_random.Next(256);
-                else if (op == 2 && length < MaxInput) _input[length++] = (byte)_random.Next(256);
-                else
-                {
-                    int at = _random.Next(length);
-                    Array.Copy(_input, at + 1, _input, at, length - at - 1);
-                    length--;
-                }
-            }
-            return length;
         }
 
         public void Dispose() => _vm.Dispose();

@@ -4,8 +4,6 @@
 using System.Diagnostics;
 using FuzzHarness;
 using KvmSharp;
-using KvmSharp.Guests;
-using KvmSharp.Snapshots;
 
 int seconds = 60, workers = Environment.ProcessorCount;
 for (int i = 0; i < args.Length - 1; i++)
@@ -29,9 +27,9 @@ try
             using var fuzzer = new Fuzzer(kvm, corpus, seed: 1234 + w);
             while (!cts.IsCancellationRequested && !found.Task.IsCompleted)
             {
-                var (input, crash) = fuzzer.RunOne();
+                var crash = fuzzer.RunOne();
                 Interlocked.Increment(ref execs);
-                if (crash is not null) found.TrySetResult((input, crash));
+                if (crash is { } c) found.TrySetResult(c);
             }
         }
         catch (Exception e)
@@ -64,103 +62,33 @@ catch (KvmUnavailableException e)
     return 2;
 }
 
-/// <summary>Inputs that reached new coverage, shared by all workers.</summary>
-internal sealed class Corpus
+/// <summary>One worker: a VM, a mutator, and the loop that runs one input.</summary>
+internal sealed class Fuzzer(Kvm kvm, Corpus corpus, int seed) : IDisposable
 {
-    private readonly List<byte[]> _inputs = [[]];
-    private readonly bool[] _seen = new bool[Target.CoverageBytes];
+    private readonly FuzzVm _vm = new(kvm, Target.Assemble());
+    private readonly Mutator _mutator = new(seed);
 
-    public int Count
+    /// <summary>Runs one mutated input; returns what crashed (and a copy of the input), or null.</summary>
+    public (byte[] Input, string Crash)? RunOne()
     {
-        get
-        {
-            lock (_inputs) return _inputs.Count;
-        }
-    }
-
-    public byte[] Pick(Random random)
-    {
-        lock (_inputs) return _inputs[random.Next(_inputs.Count)];
-    }
-
-    /// <summary>Keeps <paramref name="input"/> if it set a coverage byte nobody had set before.</summary>
-    public void Offer(byte[] input, ReadOnlySpan<byte> coverage)
-    {
-        lock (_inputs)
-        {
-            bool fresh = false;
-            for (int i = 0; i < coverage.Length; i++)
-                if (coverage[i] != 0 && !_seen[i]) fresh = _seen[i] = true;
-            if (fresh) _inputs.Add(input);
-        }
-    }
-}
-
-/// <summary>One VM and the loop that runs one input on it.</summary>
-internal sealed class Fuzzer : IDisposable
-{
-    private readonly VirtualMachine _vm;
-    private readonly MemorySlot _ram;
-    private readonly Vcpu _cpu;
-    private readonly VmSnapshot _snapshot;
-    private readonly Corpus _corpus;
-    private readonly Random _random;
-
-    public Fuzzer(Kvm kvm, Corpus corpus, int seed)
-    {
-        _corpus = corpus;
-        _random = new Random(seed);
-        _vm = kvm.CreateVirtualMachine();
-        _vm.EnableDirtyTracking();
-        _ram = _vm.AddMemorySlot(0, 0x200000);
-        _ram.Write(Target.Code, Target.Assemble());
-        _cpu = _vm.CreateVcpu();
-        X86LongMode.Setup(_cpu, _ram, Target.Code, Target.StackTop,
-            new X86LongModeOptions { UserMode = true, FaultPort = Target.FaultPort });
-        _cpu.X86.Rdi = Target.Input;
-        _snapshot = _vm.CreateSnapshot();
-    }
-
-    public (byte[] Input, string? Crash) RunOne()
-    {
-        byte[] input = Mutate(_corpus.Pick(_random));
-        _vm.Restore(_snapshot);                       // only the pages the last run dirtied are copied
-        _ram.Write(Target.Input, input);              // tracked: restored after this run too
-        _cpu.X86.Rsi = (ulong)input.Length;           // through kvm_run: no ioctl
-        var exit = _cpu.Run(TimeSpan.FromSeconds(1));
+        var input = _mutator.Mutate(corpus.Pick(_mutator.Random));
+        _vm.Restore();
+        var exit = _vm.Run(input);
         string? crash = null;
         if (exit.Reason == VcpuExitReason.Io && exit.Io.Port == Target.FaultPort)
         {
             uint vector = exit.Io.Value;
             crash = vector switch
             {
-                14 => $"page fault (#PF) writing 0x{_cpu.X86.Cr2:X}",
+                14 => $"page fault (#PF) writing 0x{_vm.Cpu.X86.Cr2:X}",
                 6 => "invalid opcode (#UD)",
                 _ => $"exception vector {vector}",
             };
         }
         else if (exit.Reason == VcpuExitReason.Interrupted) crash = "hang (no exit within 1 s)";
         else if (!(exit.Reason == VcpuExitReason.Io && exit.Io.Port == Target.DonePort)) crash = "unexpected exit " + exit.ToString();
-        _corpus.Offer(input, _ram.GetSpan(Target.Coverage, Target.CoverageBytes));
-        return (input, crash);
-    }
-
-    private byte[] Mutate(byte[] parent)
-    {
-        var list = new List<byte>(parent);
-        int n = 1 + _random.Next(3);
-        for (int i = 0; i < n; i++)
-        {
-            int op = _random.Next(4);
-            if (list.Count == 0 || op == 0)
-            {
-                if (list.Count < Target.MaxInput) list.Insert(_random.Next(list.Count + 1), (byte)_random.Next(256));
-            }
-            else if (op == 1) list[_random.Next(list.Count)] = (byte)_random.Next(256);
-            else if (op == 2 && list.Count < Target.MaxInput) list.Add((byte)_random.Next(256));
-            else list.RemoveAt(_random.Next(list.Count));
-        }
-        return [.. list];
+        corpus.Offer(input, _vm.Coverage);
+        return crash is null ? null : (input.ToArray(), crash);
     }
 
     public void Dispose() => _vm.Dispose();
