@@ -553,26 +553,27 @@ public sealed class Arm64RegisterSync : IRegisterSync, IRunHooks
 
     private void Fetch(int entry)
     {
-        ulong id = IdOf(entry);
-        ref var arg = ref _oneReg.At<kvm_one_reg>(0);
-        arg.id = id;
-        arg.addr = (ulong)AddressOf(entry);
-        int r = _kernel.Ioctl(_vcpu.Fd, KvmIoctls.KVM_GET_ONE_REG, _oneReg.Address);
-        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_GET_ONE_REG, r, Details(id));
+        OneReg(KvmIoctls.KVM_GET_ONE_REG, entry);
         if (entry < CoreSlots) _coreEpoch[entry] = _epoch;
         else _sysEpoch[entry - CoreSlots] = _epoch;
     }
 
     private void Write(int entry)
     {
+        OneReg(KvmIoctls.KVM_SET_ONE_REG, entry);
+        if (entry < CoreSlots) _coreDirty[entry] = false;
+        else _sysDirty[entry - CoreSlots] = false;
+    }
+
+    /// <summary>KVM_GET_ONE_REG or KVM_SET_ONE_REG of register <paramref name="entry"/>, to or from its cache slot.</summary>
+    private void OneReg(KvmIoctl ioctl, int entry)
+    {
         ulong id = IdOf(entry);
         ref var arg = ref _oneReg.At<kvm_one_reg>(0);
         arg.id = id;
         arg.addr = (ulong)AddressOf(entry);
-        int r = _kernel.Ioctl(_vcpu.Fd, KvmIoctls.KVM_SET_ONE_REG, _oneReg.Address);
-        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_ONE_REG, r, Details(id));
-        if (entry < CoreSlots) _coreDirty[entry] = false;
-        else _sysDirty[entry - CoreSlots] = false;
+        int r = _kernel.Ioctl(_vcpu.Fd, ioctl, _oneReg.Address);
+        if (r < 0) ThrowHelper.ThrowKvm(ioctl, r, Details(id));
     }
 
     private string Details(ulong id) => $"vcpu {_vcpu.Id}, register {Arm64RegisterIds.Name(id)} (0x{id:X16})";
