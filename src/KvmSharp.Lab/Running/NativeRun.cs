@@ -1,0 +1,74 @@
+using System.Diagnostics;
+
+namespace KvmSharp.Lab.Running;
+
+/// <summary>Runs a command right here, on this host's own KVM: no QEMU, the output copied as it comes.</summary>
+internal static class NativeRun
+{
+    public static async Task<LabResult> RunAsync(IReadOnlyList<string> command, LabOptions options, LabLocation location, CancellationToken cancellationToken)
+    {
+        var psi = new ProcessStartInfo(command[0])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = options.WorkingDirectory ?? Environment.CurrentDirectory,
+        };
+        foreach (string arg in command.Skip(1))
+            psi.ArgumentList.Add(arg);
+        psi.Environment.Clear();
+        foreach (var (name, value) in RunScript.Environment(options))
+            psi.Environment[name] = value;
+
+        options.LogWriter.WriteLine(location.ToString());
+        options.LogWriter.Flush();
+        var clock = Stopwatch.StartNew();
+        using var process = new Process { StartInfo = psi };
+        try
+        {
+            process.Start();
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            throw new LabException($"Could not start {command[0]}: {e.Message}", e);
+        }
+        var copies = Task.WhenAll(
+            CopyAsync(process.StandardOutput.BaseStream, options.StandardOutput ?? Console.OpenStandardOutput()),
+            CopyAsync(process.StandardError.BaseStream, options.StandardError ?? Console.OpenStandardError()));
+        try
+        {
+            using var timeout = options.CommandTimeout is { } limit ? new CancellationTokenSource(limit) : new CancellationTokenSource();
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
+            try
+            {
+                await process.WaitForExitAsync(linked.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new LabTimeoutException($"The command did not end within {options.CommandTimeout!.Value.TotalSeconds:0} s and was killed: {string.Join(' ', command)}",
+                    duringBoot: false, options.CommandTimeout.Value);
+            }
+            await copies.ConfigureAwait(false);
+            return new LabResult(process.ExitCode, location, TimeSpan.Zero, clock.Elapsed);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+                await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private static async Task CopyAsync(Stream from, Stream to)
+    {
+        var buffer = new byte[16 * 1024];
+        int n;
+        while ((n = await from.ReadAsync(buffer).ConfigureAwait(false)) > 0)
+        {
+            await to.WriteAsync(buffer.AsMemory(0, n)).ConfigureAwait(false);
+            await to.FlushAsync().ConfigureAwait(false);
+        }
+    }
+}
