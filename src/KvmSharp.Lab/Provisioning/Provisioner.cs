@@ -204,7 +204,8 @@ internal sealed class Provisioner
             if (!File.Exists(binary))
                 throw new LabProvisioningException($"{Path.GetFileName(deb)} holds no bin/busybox.", "busybox-static", $"apt-get download {Qualified("busybox-static")}");
             File.Copy(binary, path + ".tmp", overwrite: true);
-            File.SetUnixFileMode(path + ".tmp", (UnixFileMode)0b111_101_101);
+            if (!OperatingSystem.IsWindows())
+                File.SetUnixFileMode(path + ".tmp", (UnixFileMode)0b111_101_101);
             File.Move(path + ".tmp", path, overwrite: true);
             return path;
         }
