@@ -4,6 +4,11 @@
 using System.Diagnostics;
 using FuzzHarness;
 using KvmSharp;
+using KvmSharp.Lab;
+
+// Where /dev/kvm does not work, fuzz in a KvmSharp.Lab machine (a stock Linux KVM under QEMU).
+if (KvmLab.RelaunchIfNeeded(args, new LabOptions { Log = Console.Out }) is int labExitCode)
+    return labExitCode;
 
 int seconds = 60, workers = Environment.ProcessorCount;
 for (int i = 0; i < args.Length - 1; i++)

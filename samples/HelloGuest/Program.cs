@@ -4,7 +4,13 @@ using System.Text;
 using Iced.Intel;
 using KvmSharp;
 using KvmSharp.Guests;
+using KvmSharp.Lab;
 using static Iced.Intel.AssemblerRegisters;
+
+// Run where a real KVM is: here if /dev/kvm works, else this same program in a KvmSharp.Lab machine
+// (a stock Linux KVM under QEMU). Either way one line says where.
+if (KvmLab.RelaunchIfNeeded(args, new LabOptions { Log = Console.Out }) is int labExitCode)
+    return labExitCode;
 
 const ulong CodeAddress = 0x10000, MessageAddress = 0x11000, StackTop = 0x80000;
 const ushort ConsolePort = 0xE9; // the Bochs/QEMU debug console port
