@@ -6,16 +6,27 @@ namespace KvmSharp.Guests;
 /// <summary>
 /// Sets up an x86 vCPU in 64-bit long mode: identity-mapped page tables (2 MiB pages over the
 /// first <see cref="MappedBytes"/>, user-accessible), a flat GDT with kernel and user segments, a
-/// TSS whose I/O bitmap lets user mode use every port, and an IDT whose handlers report the vector
-/// on <see cref="X86LongModeOptions.FaultPort"/> and halt. The boilerplate every 64-bit guest needs,
+/// TSS with an I/O permission bitmap that allows every port, RFLAGS.IOPL as the options say
+/// (default 3: user mode may use every port), and an IDT whose handlers report the vector on
+/// <see cref="X86LongModeOptions.FaultPort"/> and halt. The boilerplate every 64-bit guest needs,
 /// written once.
 /// </summary>
 /// <remarks>
-/// The structures take the first 64 KiB of the slot (<see cref="ReservedBytes"/>); put code and data
+/// <para>The structures take the first 64 KiB of the slot (<see cref="ReservedBytes"/>); put code and data
 /// above. The CPL0 pieces use only descriptor-table loads and plain integer instructions, so they also
 /// work on software KVMs that emulate CPL0 (kvm-pvm). Fault handlers run at CPL0 on the stack in
 /// <see cref="KernelStackTop"/>: on a fault the host sees an I/O exit on the fault port whose value is
-/// the vector, then a HLT exit; the error code is at the stack pointer and CR2 holds a page-fault address.
+/// the vector, then a HLT exit; the error code is at the stack pointer and CR2 holds a page-fault address.</para>
+/// <para>Port I/O from user mode: the architecture allows IN/OUT when CPL ≤ RFLAGS.IOPL, and only
+/// otherwise consults the TSS I/O permission bitmap. The TR that KVM is given is a busy 64-bit TSS
+/// (type 11, what LTR leaves and what Intel's VM entry demands in IA-32e mode); some CPUs — QEMU's
+/// emulated AMD SVM, where this project's tests run — refuse the bitmap of a TR whose hidden type is
+/// not "available" and raise #GP on every user-mode IN/OUT. So user mode gets IOPL 3 by default,
+/// which every x86 CPU honours; the all-ports bitmap stays for KVMs that ignore IOPL (kvm-pvm).</para>
+/// <para>The CPU itself writes guest memory here, and dirty-page tracking reports those pages (all
+/// below <see cref="ReservedBytes"/>) besides what the guest's own stores touched: the page tables
+/// (their accessed/dirty bits are preset, but a nested-paging walk may still count as a write to
+/// them), descriptor tables, and the kernel stack when a fault is delivered.</para>
 /// </remarks>
 public static class X86LongMode
 {
@@ -54,7 +65,8 @@ public static class X86LongMode
     /// <param name="entryPoint">Guest address of the first instruction.</param>
     /// <param name="stackTop">Initial RSP.</param>
     /// <param name="options">Privilege level, fault port and extended state; defaults when null.</param>
-    /// <exception cref="ArgumentException">The slot does not start at 0, is too small, or an address is outside the mapped range.</exception>
+    /// <exception cref="ArgumentException">The slot does not start at 0, is too small, an address is outside the mapped range, or
+    /// <see cref="X86LongModeOptions.IoPrivilegeLevel"/> is above 3.</exception>
     /// <exception cref="PlatformNotSupportedException">The vCPU is not x86_64.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
     public static void Setup(Vcpu vcpu, MemorySlot slot, ulong entryPoint, ulong stackTop, X86LongModeOptions? options = null)
@@ -64,6 +76,8 @@ public static class X86LongMode
         options ??= new X86LongModeOptions();
         if (slot.GuestPhysicalAddress != 0 || slot.Size < ReservedBytes)
             throw new ArgumentException($"X86LongMode needs a slot at guest-physical 0 of at least 0x{ReservedBytes:X} bytes; got {slot}.", nameof(slot));
+        if (options.IoPrivilegeLevel > 3)
+            throw new ArgumentOutOfRangeException(nameof(options), options.IoPrivilegeLevel, "IoPrivilegeLevel must be 0-3.");
         if (entryPoint >= MappedBytes || stackTop > MappedBytes)
             throw new ArgumentException($"Entry 0x{entryPoint:X} and stack 0x{stackTop:X} must lie in the identity-mapped first 0x{MappedBytes:X} bytes.");
         var x86 = vcpu.X86;
@@ -93,7 +107,7 @@ public static class X86LongMode
         g = default;
         g.Rip = entryPoint;
         g.Rsp = stackTop;
-        g.Rflags = 0x2;
+        g.Rflags = 0x2 | ((ulong)options.IoPrivilegeLevel << 12); // bit 1 is reserved (reads as 1); IOPL in bits 12-13
 
         if (options.EnableAvx)
             x86.Xcr0 = 0x7; // x87 | SSE | AVX
@@ -175,4 +189,12 @@ public sealed class X86LongModeOptions
 
     /// <summary>Enable AVX state: CR4.OSXSAVE and XCR0 = x87|SSE|AVX (default false).</summary>
     public bool EnableAvx { get; init; }
+
+    /// <summary>
+    /// RFLAGS.IOPL, 0–3 (default 3). Code whose CPL is at most this may use IN/OUT/INS/OUTS on every
+    /// port, and CLI/STI/POPF may change IF; at a higher CPL port access is decided by the TSS I/O
+    /// permission bitmap alone (which allows every port, but see <see cref="X86LongMode"/>'s remarks
+    /// for CPUs that refuse it). Irrelevant at CPL0.
+    /// </summary>
+    public byte IoPrivilegeLevel { get; init; } = 3;
 }
