@@ -107,6 +107,12 @@ public enum KvmCapability
     ExitOnEmulationFailure = 204,
     /// <summary>KVM_CAP_XSAVE2 (x86): the size <c>KVM_GET_XSAVE2</c> needs.</summary>
     Xsave2 = 208,
+    /// <summary>
+    /// KVM_CAP_DISABLE_QUIRKS2 (x86): the mask of KVM's quirks (<c>KVM_X86_QUIRK_*</c>) a VM may turn
+    /// off. The quirks are on by default; e.g. bit 3, <c>KVM_X86_QUIRK_OUT_7E_INC_RIP</c>, advances RIP
+    /// past an <c>out</c> to port 0x7E before the exit.
+    /// </summary>
+    DisableQuirks2 = 213,
     /// <summary>KVM_CAP_SYSTEM_EVENT_DATA.</summary>
     SystemEventData = 215,
     /// <summary>KVM_CAP_DIRTY_LOG_RING_ACQ_REL.</summary>

@@ -266,6 +266,12 @@ public sealed class Vcpu : IDisposable
     /// that is reported as <see cref="VcpuExitReason.Interrupted"/>, not thrown. Kicks made only to run
     /// <see cref="Invoke"/> actions are absorbed: the actions run on this thread and the guest resumes.
     /// Whatever the guest does is an exit, never an exception.
+    /// <para>x86 port I/O and MMIO exits (stock KVM): the exit reaches the caller with the instruction
+    /// not yet finished — RIP still points at it — and this method's next call finishes it inside
+    /// KVM_RUN before any guest code runs (stores an IN's or MMIO read's data, advances RIP), unless RIP
+    /// was moved meanwhile. Registers written through <see cref="X86"/> are loaded before that
+    /// completion; the cache makes every write mean what it says (see <see cref="VcpuExit.Io"/> and
+    /// <see cref="X86RegisterSync.Rip"/>). A HLT exit's RIP is past the <c>hlt</c>.</para>
     /// <para>Performance: the common case (an x86 vCPU that has run before, nothing queued, only
     /// registers that travel in <c>kvm_run</c> written) is small enough for the JIT to inline into
     /// the calling method, so call <see cref="Run()"/> directly from the exit loop: the per-exit

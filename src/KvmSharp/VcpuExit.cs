@@ -44,6 +44,24 @@ public readonly ref struct VcpuExit
     public ulong HardwareExitReason => Field<ulong>(VcpuExitReason.Unknown, 0);
 
     /// <summary>The port I/O view.</summary>
+    /// <remarks>
+    /// <para>What a handler reads (x86, stock KVM): the port, direction, size, count and, for an OUT,
+    /// the data here; the guest's registers as they were <i>before</i> the instruction — RIP points at
+    /// the IN/OUT (see <see cref="Registers.X86RegisterSync.Rip"/> for the exceptions: port 0x7E,
+    /// string I/O), RAX is unchanged by an IN so far.</para>
+    /// <para>What the next <see cref="Vcpu.Run()"/> does: KVM completes the instruction — copies an
+    /// IN's <see cref="IoExit.Data"/> into AL/AX/EAX (AL and AX merge into RAX, EAX zero-extends it, as
+    /// the instruction does) or the items of a <c>rep ins</c> into memory, and advances RIP past it.
+    /// So fill <see cref="IoExit.Data"/> for an IN before anything else.</para>
+    /// <para>Writing registers through <see cref="Vcpu.X86"/> at such an exit: after an IN the first
+    /// write completes the instruction first (stores the data, advances RIP; one KVM_RUN with
+    /// <c>immediate_exit</c>, no guest code), so a RAX written then replaces what the IN loaded. After
+    /// an OUT, writing other GPRs costs nothing and KVM still skips the OUT. Writing RIP means "resume
+    /// here": RIP + length continues after the instruction, another address jumps there, the
+    /// instruction's own address runs it again. Snapshots (<see cref="VirtualMachine.CreateSnapshot"/>,
+    /// <see cref="Registers.IRegisterSync.SaveState"/>) complete the pending instruction first and
+    /// capture the state after it.</para>
+    /// </remarks>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Io"/>.</exception>
     public IoExit Io
     {

@@ -251,7 +251,8 @@ public sealed class VirtualMachine : IDisposable
             if (v.IsOwnedByAnotherThread) throw new InvalidOperationException($"vCPU {v.Id} is running or owned by another thread; pause every vCPU before taking or restoring a snapshot.");
     }
 
-    private unsafe void EnableCap(KvmCapability cap, ulong arg0)
+    /// <summary>Wraps KVM_ENABLE_CAP on the VM with one argument (internal: the dirty-log set-up and tests use it).</summary>
+    internal unsafe void EnableCap(KvmCapability cap, ulong arg0)
     {
         var enable = new kvm_enable_cap { cap = (uint)cap };
         enable.args[0] = arg0;

@@ -9,6 +9,12 @@ public abstract class KvmTestBase
 {
     protected Kvm Kvm { get; private set; } = null!;
 
+    /// <summary>
+    /// Whether the KVM is kvm-pvm, the software KVM this project's machines once had (its module shows
+    /// in /sys/module): a test about a difference between it and stock KVM asserts what each does.
+    /// </summary>
+    protected static bool IsKvmPvm { get; } = Directory.Exists("/sys/module/kvm_pvm");
+
     [SetUp]
     public void OpenKvm() => Kvm = Kvm.Open();
 

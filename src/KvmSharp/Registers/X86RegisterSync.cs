@@ -52,6 +52,8 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     private X86RegisterSets _dirty;
     private bool _accessPending;   // the last exit was port I/O or MMIO, not yet completed by KVM
     private bool _writeCompletes;  // ... and it was an IN or MMIO: KVM's completion writes registers
+    private bool _exitRipKnown;    // ... and _exitRip holds RIP as it was at that exit (see BeforeRipWrite)
+    private ulong _exitRip;
 
     internal X86RegisterSync(Vcpu vcpu, MappedMemoryHandle run, int syncRegsCapability)
     {
@@ -167,7 +169,20 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     }
 
     /// <summary>The GPRs for writing: fetched if needed and marked dirty.</summary>
-    public ref X86Gprs EditGprs() => ref SyncBlock.At<X86Gprs>(Edit(X86RegisterSets.Gprs, RegsOffset));
+    /// <remarks>
+    /// The block includes RIP, so after a port I/O or MMIO exit this completes the pending
+    /// instruction first (one KVM_RUN with <c>immediate_exit</c>, no guest code; see <see cref="Rip"/>):
+    /// whatever RIP holds when the vCPU next runs is where the guest resumes. To change only other
+    /// GPRs after an OUT exit without that KVM_RUN, use their properties (<see cref="Rax"/>…).
+    /// </remarks>
+    public ref X86Gprs EditGprs()
+    {
+        CompletePendingAccess();
+        return ref GprsForWrite();
+    }
+
+    /// <summary>The GPRs for writing, for the typed setters: completes a pending IN or MMIO only (<see cref="BeforeWrite"/>).</summary>
+    private ref X86Gprs GprsForWrite() => ref SyncBlock.At<X86Gprs>(Edit(X86RegisterSets.Gprs, RegsOffset));
 
     /// <summary>The special registers, fetched if needed. Read-only: use <see cref="EditSpecialRegisters"/> to change them.</summary>
     public ref readonly X86SpecialRegisters SpecialRegisters
@@ -250,24 +265,23 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     // ---- typed accessors ---------------------------------------------------------------------
 
 #pragma warning disable CS1591 // register names document themselves
-    public ulong Rax { get => Gprs.Rax; set => EditGprs().Rax = value; }
-    public ulong Rbx { get => Gprs.Rbx; set => EditGprs().Rbx = value; }
-    public ulong Rcx { get => Gprs.Rcx; set => EditGprs().Rcx = value; }
-    public ulong Rdx { get => Gprs.Rdx; set => EditGprs().Rdx = value; }
-    public ulong Rsi { get => Gprs.Rsi; set => EditGprs().Rsi = value; }
-    public ulong Rdi { get => Gprs.Rdi; set => EditGprs().Rdi = value; }
-    public ulong Rsp { get => Gprs.Rsp; set => EditGprs().Rsp = value; }
-    public ulong Rbp { get => Gprs.Rbp; set => EditGprs().Rbp = value; }
-    public ulong R8 { get => Gprs.R8; set => EditGprs().R8 = value; }
-    public ulong R9 { get => Gprs.R9; set => EditGprs().R9 = value; }
-    public ulong R10 { get => Gprs.R10; set => EditGprs().R10 = value; }
-    public ulong R11 { get => Gprs.R11; set => EditGprs().R11 = value; }
-    public ulong R12 { get => Gprs.R12; set => EditGprs().R12 = value; }
-    public ulong R13 { get => Gprs.R13; set => EditGprs().R13 = value; }
-    public ulong R14 { get => Gprs.R14; set => EditGprs().R14 = value; }
-    public ulong R15 { get => Gprs.R15; set => EditGprs().R15 = value; }
-    public ulong Rip { get => Gprs.Rip; set => EditGprs().Rip = value; }
-    public ulong Rflags { get => Gprs.Rflags; set => EditGprs().Rflags = value; }
+    public ulong Rax { get => Gprs.Rax; set => GprsForWrite().Rax = value; }
+    public ulong Rbx { get => Gprs.Rbx; set => GprsForWrite().Rbx = value; }
+    public ulong Rcx { get => Gprs.Rcx; set => GprsForWrite().Rcx = value; }
+    public ulong Rdx { get => Gprs.Rdx; set => GprsForWrite().Rdx = value; }
+    public ulong Rsi { get => Gprs.Rsi; set => GprsForWrite().Rsi = value; }
+    public ulong Rdi { get => Gprs.Rdi; set => GprsForWrite().Rdi = value; }
+    public ulong Rsp { get => Gprs.Rsp; set => GprsForWrite().Rsp = value; }
+    public ulong Rbp { get => Gprs.Rbp; set => GprsForWrite().Rbp = value; }
+    public ulong R8 { get => Gprs.R8; set => GprsForWrite().R8 = value; }
+    public ulong R9 { get => Gprs.R9; set => GprsForWrite().R9 = value; }
+    public ulong R10 { get => Gprs.R10; set => GprsForWrite().R10 = value; }
+    public ulong R11 { get => Gprs.R11; set => GprsForWrite().R11 = value; }
+    public ulong R12 { get => Gprs.R12; set => GprsForWrite().R12 = value; }
+    public ulong R13 { get => Gprs.R13; set => GprsForWrite().R13 = value; }
+    public ulong R14 { get => Gprs.R14; set => GprsForWrite().R14 = value; }
+    public ulong R15 { get => Gprs.R15; set => GprsForWrite().R15 = value; }
+    public ulong Rflags { get => Gprs.Rflags; set => GprsForWrite().Rflags = value; }
     public ulong Cr0 { get => SpecialRegisters.Cr0; set => EditSpecialRegisters().Cr0 = value; }
     public ulong Cr2 { get => SpecialRegisters.Cr2; set => EditSpecialRegisters().Cr2 = value; }
     public ulong Cr3 { get => SpecialRegisters.Cr3; set => EditSpecialRegisters().Cr3 = value; }
@@ -287,14 +301,47 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     public X86DescriptorTable Idt { get => SpecialRegisters.Idt; set => EditSpecialRegisters().Idt = value; }
 #pragma warning restore CS1591
 
+    /// <summary>
+    /// The instruction pointer. Where the guest resumes: the value this holds when the vCPU next runs.
+    /// </summary>
+    /// <remarks>
+    /// <para>At an x86 port I/O exit on stock KVM (Intel VMX and AMD SVM alike) RIP still points
+    /// <b>at</b> the IN/OUT instruction: KVM finishes it at the next KVM_RUN
+    /// (<c>complete_userspace_io</c>: it stores an IN's data into AL/AX/EAX and advances RIP past the
+    /// instruction) unless RIP was changed meanwhile. Exceptions: port 0x7E with KVM's
+    /// <c>KVM_X86_QUIRK_OUT_7E_INC_RIP</c> (on by default), where RIP is already past the OUT at the
+    /// exit; string I/O, which KVM's instruction emulator handles (each <c>rep outs</c> item is done
+    /// at its exit, RSI and RCX moved on, RIP at the instruction, which the next run repeats or finds
+    /// done; a lone <c>outs</c> is finished and RIP is past it; <c>rep ins</c> is like IN); and software KVMs that emulate the whole instruction first (kvm-pvm's
+    /// CPL0 OUT). After an MMIO exit RIP is likewise at the accessing instruction. A HLT exit's RIP is
+    /// past the <c>hlt</c>.</para>
+    /// <para>Writing RIP at such an exit always means "resume here": the pending instruction counts as
+    /// done (an IN's or MMIO read's data is stored first) and the guest goes on at the written address.
+    /// So <c>Rip = Rip + length</c> skips nothing more than the I/O instruction itself, another address
+    /// jumps there, and writing back the I/O instruction's own address runs it again. KVM cannot tell
+    /// that last write from no write at all (it compares RIPs), so there, and for any write after an
+    /// IN or MMIO exit, the cache first completes the instruction with one KVM_RUN with
+    /// <c>immediate_exit</c> (no guest code); any other RIP after an OUT exit costs no ioctl.</para>
+    /// </remarks>
+    public ulong Rip
+    {
+        get => Gprs.Rip;
+        set
+        {
+            if (_accessPending) BeforeRipWrite(value);
+            GprsForWrite().Rip = value;
+        }
+    }
+
     /// <inheritdoc/>
+    /// <remarks>The same as <see cref="Rip"/>, including what writing it does at an I/O exit.</remarks>
     public ulong ProgramCounter { get => Rip; set => Rip = value; }
 
     /// <inheritdoc/>
     public ulong GetGeneralRegister(int index) => Unsafe.Add(ref Unsafe.AsRef(in Gprs.Rax), GprSlot(index));
 
     /// <inheritdoc/>
-    public void SetGeneralRegister(int index, ulong value) => Unsafe.Add(ref EditGprs().Rax, GprSlot(index)) = value;
+    public void SetGeneralRegister(int index, ulong value) => Unsafe.Add(ref GprsForWrite().Rax, GprSlot(index)) = value;
 
     // Encoding order RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI → slot in struct kvm_regs (RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP).
     private static int GprSlot(int index)
@@ -529,12 +576,34 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// After an IN or MMIO exit, KVM finishes the instruction at the next KVM_RUN by writing the
     /// destination register and RIP, which would overwrite what the handler writes now. So the first
     /// write after such an exit completes the access first (one KVM_RUN with immediate_exit, no
-    /// guest code): fill the exit's data before writing registers. OUT exits need no completion.
+    /// guest code): fill the exit's data before writing registers. After an OUT exit only a write of
+    /// RIP may need it (<see cref="BeforeRipWrite"/>): KVM's completion of an OUT touches nothing else.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void BeforeWrite()
     {
         if (_writeCompletes) CompletePendingAccess();
+    }
+
+    /// <summary>
+    /// Before RIP is written while an I/O or MMIO access is pending. KVM completes an OUT at the next
+    /// KVM_RUN by skipping it, unless RIP then differs from RIP at the exit (<c>complete_fast_pio_out</c>
+    /// compares them). Writing back that same RIP — "run the OUT again" — is for KVM the same as
+    /// leaving RIP alone, so complete the OUT now and the write holds. Any other RIP needs nothing: KVM
+    /// sees the change and drops its completion. (After an IN or MMIO every write completes first.)
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void BeforeRipWrite(ulong value)
+    {
+        if (_writeCompletes) return; // BeforeWrite completes it
+        if (!_exitRipKnown)
+        {
+            // Nothing has moved RIP since the exit: EditGprs and RestoreState complete the access
+            // first, and this is the first write through Rip.
+            _exitRip = Gprs.Rip;
+            _exitRipKnown = true;
+        }
+        if (value == _exitRip) CompletePendingAccess();
     }
 
     /// <summary>
@@ -684,6 +753,7 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
         bool access = result >= 0 && (reason == (uint)VcpuExitReason.Io || reason == (uint)VcpuExitReason.Mmio);
         _accessPending = access;
         _writeCompletes = access && (reason == (uint)VcpuExitReason.Mmio || KvmRunPage.ReadByte(run, RunIoDirection) == (byte)IoDirection.In);
+        _exitRipKnown = false;
         RefreshValid(run);
     }
 

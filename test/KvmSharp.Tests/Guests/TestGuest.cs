@@ -78,9 +78,14 @@ public sealed class TestGuest : IDisposable
         var a = new Assembler(bitness);
         code(a);
         using var ms = new MemoryStream();
-        a.Assemble(new StreamCodeWriter(ms), ip ?? CodeAddress);
+        _assembled = a.Assemble(new StreamCodeWriter(ms), ip ?? CodeAddress, BlockEncoderOptions.ReturnNewInstructionOffsets);
         Ram.Write(CodeAddress, ms.ToArray());
     }
+
+    private AssemblerResult _assembled;
+
+    /// <summary>The guest address (RIP) of a label placed in the code last loaded.</summary>
+    public ulong AddressOf(Label label) => _assembled.GetLabelRIP(label);
 
     /// <summary>Runs until an exit that is not <paramref name="skip"/>, at most <paramref name="maxExits"/> times.</summary>
     public VcpuExit RunUntilNot(VcpuExitReason skip, int maxExits = 100)

@@ -101,6 +101,42 @@ public class X86RegisterSyncTests(bool syncRegs) : KvmTestBase
     }
 
     [Test]
+    public void WritingRipAtAnOutExit_CompletesTheOutFirst_OnlyWhenItIsTheOutsOwnAddress()
+    {
+        Label loop = default, outAt = default;
+        using var g = Guest(a =>
+        {
+            loop = a.CreateLabel();
+            a.Label(ref loop);
+            a.inc(eax);
+            outAt = a.CreateLabel();
+            a.Label(ref outAt);
+            a.@out(0x10, eax);
+            a.jmp(loop);
+        });
+        var cpu = g.Cpu;
+        Assert.That(cpu.Run().Io.Value, Is.EqualTo(1u));
+        bool stock = !IsKvmPvm;
+        if (stock) Assert.That(cpu.X86.Rip, Is.EqualTo(g.AddressOf(outAt)), "stock KVM: RIP at the OUT");
+
+        // Another address: KVM sees RIP changed and drops its completion; no extra KVM_RUN.
+        _kernel.ResetCounts();
+        cpu.X86.Rip = g.AddressOf(loop);
+        Assert.That(_kernel.Count(KvmIoctls.KVM_RUN), Is.EqualTo(0));
+        Assert.That(cpu.Run().Io.Value, Is.EqualTo(2u), "resumed at the loop: one more inc");
+        Assert.That(_kernel.Count(KvmIoctls.KVM_RUN), Is.EqualTo(1));
+
+        // The address RIP already holds: for KVM that is no change, so the cache completes the OUT
+        // first (one KVM_RUN with immediate_exit) and the write then holds.
+        _kernel.ResetCounts();
+        cpu.X86.Rip = cpu.X86.Rip;
+        Assert.That(_kernel.Count(KvmIoctls.KVM_RUN), Is.EqualTo(1), "the completing KVM_RUN");
+        Assert.That(cpu.X86.Rip, Is.EqualTo(stock ? g.AddressOf(outAt) : g.AddressOf(outAt) + 2));
+        Assert.That(cpu.Run().Io.Value, Is.EqualTo(stock ? 2u : 3u), stock ? "the OUT ran again, no inc in between" : "kvm-pvm: RIP was past the OUT already");
+        Assert.That(_kernel.Count(KvmIoctls.KVM_RUN), Is.EqualTo(2));
+    }
+
+    [Test]
     public void RunTakesItsInlinedPath_ExactlyWhenTheWriteBackNeedsNoIoctl()
     {
         using var g = Guest(Counter);
