@@ -165,16 +165,26 @@ public class SmpTests : KvmTestBase
             a.jnz(loop);
             a.mov(dx, 0x600);
             a.@out(dx, al);
+            var done = a.CreateLabel();
+            a.Label(ref done);
+            a.jmp(done);                  // the doorbell stops the loop; never run on into what follows
         });
         using (g)
         {
             var bus = new IoBus();
             bus.MapPorts(0x600, 1, new Doorbell());
             var threads = cpus.Select(c => new VcpuThread(c, bus)).ToArray();
-            Assert.That(Task.WaitAll([.. threads.Select(t => t.Completion)], TimeSpan.FromSeconds(60)), Is.True);
-            Assert.That(threads.Select(t => t.Completion.Result.Reason), Is.All.EqualTo(RunStopReason.StopRequested));
-            Assert.That(g.Ram.Read<uint>(Counter), Is.EqualTo(2u * n));
-            foreach (var t in threads) t.Dispose();
+            try
+            {
+                Assert.That(Task.WaitAll([.. threads.Select(t => t.Completion)], Wait.Bound), Is.True, "both vCPUs rang the doorbell");
+                Assert.That(threads.Select(t => t.Completion.Result), Has.All.Matches<RunResult>(r => r.Reason == RunStopReason.StopRequested),
+                    string.Join("; ", threads.Select(t => t.Completion.Result.ToString())));
+                Assert.That(g.Ram.Read<uint>(Counter), Is.EqualTo(2u * n));
+            }
+            finally
+            {
+                foreach (var t in threads) Wait.For(t.Dispose, "stopping a vCPU thread");
+            }
         }
     }
 
@@ -193,9 +203,9 @@ public class SmpTests : KvmTestBase
         using (g)
         {
             var threads = cpus.Select(c => new VcpuThread(c, new IoBus())).ToArray();
-            while (g.Ram.Read<ulong>(Counter) == 0 || g.Ram.Read<ulong>(Counter + 8) == 0) Thread.Sleep(1);
+            Wait.Until(() => g.Ram.Read<ulong>(Counter) != 0 && g.Ram.Read<ulong>(Counter + 8) != 0, "both vCPUs count");
 
-            VcpuThread.PauseAll(threads);
+            Wait.For(() => VcpuThread.PauseAll(threads), "PauseAll");
             Assert.That(threads.All(t => t.IsPaused), Is.True);
             ulong a0 = g.Ram.Read<ulong>(Counter), b0 = g.Ram.Read<ulong>(Counter + 8);
             Thread.Sleep(30);
@@ -211,11 +221,10 @@ public class SmpTests : KvmTestBase
             }
 
             VcpuThread.ResumeAll(threads);
-            var deadline = DateTime.UtcNow.AddSeconds(10);
-            while ((g.Ram.Read<ulong>(Counter) == a0 || g.Ram.Read<ulong>(Counter + 8) == b0) && DateTime.UtcNow < deadline) Thread.Sleep(1);
+            Wait.Until(() => g.Ram.Read<ulong>(Counter) != a0 && g.Ram.Read<ulong>(Counter + 8) != b0, "both vCPUs count again after ResumeAll");
             Assert.That(g.Ram.Read<ulong>(Counter), Is.GreaterThan(a0));
             Assert.That(g.Ram.Read<ulong>(Counter + 8), Is.GreaterThan(b0));
-            foreach (var t in threads) t.Stop();
+            foreach (var t in threads) Wait.For(t.Stop, "Stop");
             Assert.That(threads.Select(t => t.Completion.Result.Reason), Is.All.EqualTo(RunStopReason.StopRequested));
         }
     }

@@ -36,13 +36,20 @@ public class ReviewRegressionTests : KvmTestBase
         var bus = new IoBus();
         bus.MapPorts(0x70, 1, sink);
         using var thread = new VcpuThread(g.Cpu, bus);
-        for (int i = 0; i < 2000; i++)
+        int done = 0;
+        string? broken = null;
+        Wait.For(() =>
         {
-            var state = default(KvmSharp.Registers.RegisterState);
-            g.Cpu.Invoke(v => state = v.Registers.SaveState());
-            Assert.That(state, Is.Not.Null);
-            Assert.That(thread.Completion.IsCompleted, Is.False, $"the run loop ended after {i} invokes: {thread.Completion.Status}");
-        }
+            for (; done < 2000 && broken is null; done++)
+            {
+                var state = default(KvmSharp.Registers.RegisterState);
+                g.Cpu.Invoke(v => state = v.Registers.SaveState());
+                if (state is null) broken = "an Invoke returned without running its action";
+                else if (thread.Completion.IsCompleted) broken = $"the run loop ended: {thread.Completion.Status} {(thread.Completion.IsCompletedSuccessfully ? thread.Completion.Result.ToString() : thread.Completion.Exception?.InnerException?.ToString())}";
+            }
+        }, "2000 Invokes against a run loop");
+        Assert.That(broken, Is.Null, $"after {done} invokes");
+        Assert.That(done, Is.EqualTo(2000));
         Assert.That(Interlocked.Read(ref sink.Writes), Is.GreaterThan(0));
     }
 
@@ -50,12 +57,17 @@ public class ReviewRegressionTests : KvmTestBase
     public void InvokesWhilePaused_DoNotEndTheLoopAfterResume()
     {
         using var g = OutLoop();
-        using var thread = new VcpuThread(g.Cpu, new IoBus());
-        thread.Pause();
+        var sink = new Sink();
+        var bus = new IoBus();
+        bus.MapPorts(0x70, 1, sink);
+        using var thread = new VcpuThread(g.Cpu, bus);
+        Wait.For(thread.Pause, "Pause");
         var t1 = Task.Run(() => g.Cpu.Invoke(v => _ = v.X86.Rax));
         var t2 = Task.Run(() => g.Cpu.Invoke(v => _ = v.X86.Rbx));
-        Assert.That(Task.WaitAll([t1, t2], TimeSpan.FromSeconds(10)), Is.True);
+        Assert.That(Task.WaitAll([t1, t2], Wait.Bound), Is.True);
+        long writes = Interlocked.Read(ref sink.Writes);
         thread.Resume();
+        Wait.Until(() => Interlocked.Read(ref sink.Writes) > writes || thread.Completion.IsCompleted, "the guest's OUTs come again after Resume");
         Thread.Sleep(50);
         Assert.That(thread.Completion.IsCompleted, Is.False, "a stale kick must not end the loop");
     }
@@ -75,13 +87,13 @@ public class ReviewRegressionTests : KvmTestBase
             {
                 error = e;
             }
-        });
+        }) { IsBackground = true };
         runner.Start();
-        while (!g.Cpu.IsRunning) Thread.Sleep(1);
+        Wait.Until(() => g.Cpu.IsRunning, "the runner is inside Run");
         var t = g.Cpu.InvokeAsync(v => v.Dispose());
-        Assert.That(runner.Join(TimeSpan.FromSeconds(10)), Is.True);
+        Wait.Join(runner, "the runner after its vCPU was disposed");
         Assert.That(error, Is.InstanceOf<ObjectDisposedException>());
-        Assert.That(t.Wait(TimeSpan.FromSeconds(10)), Is.True);
+        Assert.That(t.Wait(Wait.Bound), Is.True);
         g.Dispose();
     }
 
