@@ -19,9 +19,28 @@ public sealed class TestGuest : IDisposable
     public MemorySlot Ram { get; }
     public Vcpu Cpu { get; }
 
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<TestGuest, byte> Live = new();
+
+    /// <summary>Requests an exit from every vCPU of every live guest (the test watchdog's kick, see <see cref="KvmTestBase"/>).</summary>
+    public static void KickAll()
+    {
+        foreach (var g in Live.Keys)
+        {
+            try
+            {
+                foreach (var cpu in g.Vm.Vcpus) cpu.RequestExit();
+            }
+            catch (ObjectDisposedException)
+            {
+                // disposed meanwhile: nothing to kick
+            }
+        }
+    }
+
     private TestGuest(Kvm kvm)
     {
         Vm = kvm.CreateVirtualMachine();
+        Live[this] = 0;
         try
         {
             Ram = Vm.AddMemorySlot(0, RamSize);
@@ -29,6 +48,7 @@ public sealed class TestGuest : IDisposable
         }
         catch
         {
+            Live.TryRemove(this, out _);
             Vm.Dispose();
             throw;
         }
@@ -97,5 +117,9 @@ public sealed class TestGuest : IDisposable
         }
     }
 
-    public void Dispose() => Vm.Dispose();
+    public void Dispose()
+    {
+        Live.TryRemove(this, out _);
+        Vm.Dispose();
+    }
 }
