@@ -41,7 +41,9 @@ public readonly ref struct IoExit
 
     /// <summary>
     /// The data: <see cref="Size"/> × <see cref="Count"/> bytes inside the <c>kvm_run</c> mapping, in
-    /// the guest's byte order. For an IN, write the values the guest should read here before the next run.
+    /// the guest's byte order. For an IN, write the values the guest should read here before the next
+    /// run and before writing any register: the first register write completes the IN with what is
+    /// here (see <see cref="VcpuExit.Io"/>).
     /// </summary>
     /// <exception cref="InvalidOperationException">The kernel reported a data range outside the mapping.</exception>
     public Span<byte> Data
