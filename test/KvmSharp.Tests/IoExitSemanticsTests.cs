@@ -16,13 +16,6 @@ public class IoExitSemanticsTests : KvmTestBase
     private static ulong OutExitRip(TestGuest g, Label outInstruction, Label next) =>
         g.AddressOf(IsKvmPvm ? next : outInstruction);
 
-    /// <summary>Places <paramref name="label"/> at the next instruction.</summary>
-    private static void Mark(Assembler a, ref Label label)
-    {
-        label = a.CreateLabel();
-        a.Label(ref label);
-    }
-
     /// <summary>Runs to the next exit, which must be port I/O on <paramref name="port"/> in <paramref name="direction"/>.</summary>
     private static IoExit NextIo(TestGuest g, ushort port, IoDirection direction)
     {
@@ -46,14 +39,14 @@ public class IoExitSemanticsTests : KvmTestBase
         using var g = TestGuest.LongMode(Kvm, a =>
         {
             a.mov(eax, 0x5A);
-            Mark(a, ref out1);
+            out1 = TestGuest.Here(a);
             a.@out(0x10, al);          // 2 bytes
-            Mark(a, ref after1);
+            after1 = TestGuest.Here(a);
             a.inc(ebx);
             a.mov(dx, 0x11);
-            Mark(a, ref out2);
+            out2 = TestGuest.Here(a);
             a.@out(dx, eax);           // 1 byte
-            Mark(a, ref hlt);
+            hlt = TestGuest.Here(a);
             a.hlt();
         });
         var io = NextIo(g, 0x10, IoDirection.Out);
@@ -76,14 +69,14 @@ public class IoExitSemanticsTests : KvmTestBase
         using var g = TestGuest.LongMode(Kvm, a =>
         {
             a.mov(rax, 0x1111_1111_1111_1111UL);
-            Mark(a, ref in8);
+            in8 = TestGuest.Here(a);
             a.@in(al, 0x20);
             a.mov(rbx, rax);
             a.mov(dx, 0x21);
-            Mark(a, ref in16);
+            in16 = TestGuest.Here(a);
             a.@in(ax, dx);
             a.mov(rcx, rax);
-            Mark(a, ref in32);
+            in32 = TestGuest.Here(a);
             a.@in(eax, dx);
             a.hlt();
         });
@@ -152,11 +145,11 @@ public class IoExitSemanticsTests : KvmTestBase
         using var g = TestGuest.LongMode(Kvm, a =>
         {
             a.mov(eax, 0x77);
-            Mark(a, ref outAt);
+            outAt = TestGuest.Here(a);
             a.@out(0x10, al);
-            Mark(a, ref next);
+            next = TestGuest.Here(a);
             a.inc(ebx);
-            Mark(a, ref second);
+            second = TestGuest.Here(a);
             a.@out(0x11, al);
             a.inc(ecx);
             a.hlt();
@@ -189,12 +182,12 @@ public class IoExitSemanticsTests : KvmTestBase
         Label inAt = default, next = default, end = default;
         using var g = TestGuest.LongMode(Kvm, a =>
         {
-            Mark(a, ref inAt);
+            inAt = TestGuest.Here(a);
             a.@in(al, 0x20);
-            Mark(a, ref next);
+            next = TestGuest.Here(a);
             a.mov(bl, al);
             a.inc(ecx);
-            Mark(a, ref end);
+            end = TestGuest.Here(a);
             a.hlt();
         });
         var x86 = g.Cpu.X86;
@@ -230,13 +223,13 @@ public class IoExitSemanticsTests : KvmTestBase
             a.mov(rsi, TestGuest.DataAddress);
             a.mov(ecx, message.Length);
             a.mov(dx, 0xE9);
-            Mark(a, ref outs);
+            outs = TestGuest.Here(a);
             a.rep.outsb();
             a.mov(rdi, TestGuest.DataAddress + 0x100);
             a.mov(ecx, message.Length);
-            Mark(a, ref ins);
+            ins = TestGuest.Here(a);
             a.rep.insb();
-            Mark(a, ref hlt);
+            hlt = TestGuest.Here(a);
             a.hlt();
         });
         g.Ram.Write(TestGuest.DataAddress, message);
@@ -274,15 +267,15 @@ public class IoExitSemanticsTests : KvmTestBase
         Label i = default, o = default, after = default;
         var g = TestGuest.LongMode(Kvm, a =>
         {
-            Mark(a, ref i);
+            i = TestGuest.Here(a);
             a.@in(eax, 0x20);
             a.add(rbx, rax);
             a.imul(rbx, rbx, 3);
             a.mov(__qword_ptr[TestGuest.DataAddress], rbx);
             a.mov(eax, ebx);
-            Mark(a, ref o);
+            o = TestGuest.Here(a);
             a.@out(0x21, eax);
-            Mark(a, ref after);
+            after = TestGuest.Here(a);
             a.jmp(i);
         });
         (inAt, outAt, afterOut) = (i, o, after);
@@ -364,9 +357,9 @@ public class IoExitSemanticsTests : KvmTestBase
         Label outAt = default, next = default;
         using var g = TestGuest.LongMode(Kvm, a =>
         {
-            Mark(a, ref outAt);
+            outAt = TestGuest.Here(a);
             a.@out(0x7E, al);
-            Mark(a, ref next);
+            next = TestGuest.Here(a);
             a.inc(ebx);
             a.@out(0x10, al);
             a.hlt();

@@ -107,6 +107,14 @@ public sealed class TestGuest : IDisposable
     /// <summary>The guest address (RIP) of a label placed in the code last loaded.</summary>
     public ulong AddressOf(Label label) => _assembled.GetLabelRIP(label);
 
+    /// <summary>A new label placed at the next instruction <paramref name="a"/> emits (see <see cref="AddressOf"/>).</summary>
+    public static Label Here(Assembler a)
+    {
+        var label = a.CreateLabel();
+        a.Label(ref label);
+        return label;
+    }
+
     /// <summary>Runs until an exit that is not <paramref name="skip"/>, at most <paramref name="maxExits"/> times.</summary>
     public VcpuExit RunUntilNot(VcpuExitReason skip, int maxExits = 100)
     {

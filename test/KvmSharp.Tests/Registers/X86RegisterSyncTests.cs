@@ -106,11 +106,9 @@ public class X86RegisterSyncTests(bool syncRegs) : KvmTestBase
         Label loop = default, outAt = default;
         using var g = Guest(a =>
         {
-            loop = a.CreateLabel();
-            a.Label(ref loop);
+            loop = TestGuest.Here(a);
             a.inc(eax);
-            outAt = a.CreateLabel();
-            a.Label(ref outAt);
+            outAt = TestGuest.Here(a);
             a.@out(0x10, eax);
             a.jmp(loop);
         });
