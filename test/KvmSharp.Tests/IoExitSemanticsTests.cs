@@ -136,10 +136,8 @@ public class IoExitSemanticsTests : KvmTestBase
         TheInstructionItself,
     }
 
-    [TestCase(RipWrite.PastTheInstruction)]
-    [TestCase(RipWrite.Elsewhere)]
-    [TestCase(RipWrite.TheInstructionItself)]
-    public void Out_WritingRip_ResumesTheGuestExactlyThere(RipWrite write)
+    [Test]
+    public void Out_WritingRip_ResumesTheGuestExactlyThere([Values] RipWrite write)
     {
         Label outAt = default, next = default, second = default;
         using var g = TestGuest.LongMode(Kvm, a =>
@@ -174,10 +172,8 @@ public class IoExitSemanticsTests : KvmTestBase
         Assert.That(x86.Rcx, Is.EqualTo(1UL));
     }
 
-    [TestCase(RipWrite.PastTheInstruction)]
-    [TestCase(RipWrite.Elsewhere)]
-    [TestCase(RipWrite.TheInstructionItself)]
-    public void In_WritingRip_StoresTheData_ThenResumesTheGuestExactlyThere(RipWrite write)
+    [Test]
+    public void In_WritingRip_StoresTheData_ThenResumesTheGuestExactlyThere([Values] RipWrite write)
     {
         Label inAt = default, next = default, end = default;
         using var g = TestGuest.LongMode(Kvm, a =>
@@ -346,9 +342,8 @@ public class IoExitSemanticsTests : KvmTestBase
     /// <summary>KVM_X86_QUIRK_OUT_7E_INC_RIP: <c>out 0x7e</c> gets RIP advanced before the exit.</summary>
     private const ulong QuirkOut7eIncRip = 1 << 3;
 
-    [TestCase(false)]
-    [TestCase(true)]
-    public void Port0x7E_RipIsPastTheOut_WhileKvmsQuirkIsOn_AndTheGuestGoesOnOnce(bool disableQuirk)
+    [Test]
+    public void Port0x7E_RipIsPastTheOut_WhileKvmsQuirkIsOn_AndTheGuestGoesOnOnce([Values] bool disableQuirk)
     {
         // The quirks a VM may turn off; each is on until the VM does (Linux 6.1 lists this one).
         ulong quirks = (ulong)Kvm.CheckExtension(KvmCapability.DisableQuirks2);
