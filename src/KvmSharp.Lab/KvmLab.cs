@@ -118,24 +118,15 @@ public static class KvmLab
             if (pipe >= 0 && pipe + 1 < args.Length)
                 forwards.Add(command.Count - args.Length + pipe + 1);
 
-            using var cancel = new CancellationTokenSource();
-            int signalled = 0;
-            void OnSignal(PosixSignalContext context)
-            {
-                context.Cancel = true;
-                signalled = context.Signal == PosixSignal.SIGTERM ? 143 : 130;
-                cancel.Cancel();
-            }
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+            using var signals = new SignalCancellation();
             try
             {
-                return RunCoreAsync(command, options, forwards, cancel.Token).GetAwaiter().GetResult().ExitCode;
+                return RunCoreAsync(command, options, forwards, signals.Token).GetAwaiter().GetResult().ExitCode;
             }
-            catch (OperationCanceledException) when (signalled != 0)
+            catch (OperationCanceledException) when (signals.ExitCode != 0)
             {
                 log.WriteLine("lab: interrupted; the lab machine was stopped");
-                return signalled;
+                return signals.ExitCode;
             }
         }
         catch (LabException e)
