@@ -88,6 +88,11 @@ public static class KvmLab
     /// <para>For a machine of another architecture (e.g. arm64 on an x86_64 host) the program must
     /// have a build for it in <c>lab-linux-arm64/</c> beside itself: the KvmSharp.Lab package's build
     /// targets publish one when the project sets <c>KvmLabArchitecture</c> to <c>arm64</c>.</para>
+    /// <para>Inside a lab machine this also keeps one VM with one vCPU open for the rest of the
+    /// process (three fds), which spares the machine's kernel from patching itself each time the
+    /// program's first VM comes or its last one goes: under QEMU's multi-threaded emulation that
+    /// patching can freeze the machine. A command run with <see cref="RunAsync"/> that creates and
+    /// destroys many VMs should do the same.</para>
     /// <para>Ctrl+C or SIGTERM kill the machine; the call then returns 130 or 143.</para>
     /// </remarks>
     /// <param name="args">This program's arguments, as <c>Main</c> received them.</param>
@@ -100,6 +105,7 @@ public static class KvmLab
         if (IsInsideLab)
         {
             SocketRelay.StartFromEnvironment();
+            KvmKeepAlive.Start();
             return null;
         }
         options ??= new LabOptions();
@@ -118,24 +124,15 @@ public static class KvmLab
             if (pipe >= 0 && pipe + 1 < args.Length)
                 forwards.Add(command.Count - args.Length + pipe + 1);
 
-            using var cancel = new CancellationTokenSource();
-            int signalled = 0;
-            void OnSignal(PosixSignalContext context)
-            {
-                context.Cancel = true;
-                signalled = context.Signal == PosixSignal.SIGTERM ? 143 : 130;
-                cancel.Cancel();
-            }
-            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+            using var signals = new SignalCancellation();
             try
             {
-                return RunCoreAsync(command, options, forwards, cancel.Token).GetAwaiter().GetResult().ExitCode;
+                return RunCoreAsync(command, options, forwards, signals.Token).GetAwaiter().GetResult().ExitCode;
             }
-            catch (OperationCanceledException) when (signalled != 0)
+            catch (OperationCanceledException) when (signals.ExitCode != 0)
             {
                 log.WriteLine("lab: interrupted; the lab machine was stopped");
-                return signalled;
+                return signals.ExitCode;
             }
         }
         catch (LabException e)

@@ -1,6 +1,6 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using KvmSharp.Lab.Provisioning;
+using KvmSharp.Lab.Running;
 
 namespace KvmSharp.Lab;
 
@@ -108,16 +108,7 @@ internal static class Program
             Log = quiet ? TextWriter.Null : Console.Error,
         };
 
-        using var cancel = new CancellationTokenSource();
-        int signalled = 0;
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true;
-            signalled = context.Signal == PosixSignal.SIGTERM ? 143 : 130;
-            cancel.Cancel();
-        }
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var signals = new SignalCancellation();
         try
         {
             if (provisionOnly)
@@ -135,13 +126,13 @@ internal static class Program
                     : $"lab {options.Architecture.Name()}: {(options.Mode == LabMode.Lab ? "the lab mode is forced" : status.Reason)}");
                 return 0;
             }
-            var result = KvmLab.RunAsync(args[i..], options, cancel.Token).GetAwaiter().GetResult();
+            var result = KvmLab.RunAsync(args[i..], options, signals.Token).GetAwaiter().GetResult();
             return result.ExitCode;
         }
-        catch (OperationCanceledException) when (signalled != 0)
+        catch (OperationCanceledException) when (signals.ExitCode != 0)
         {
             Console.Error.WriteLine("kvmsharp-lab: interrupted; the lab machine was stopped");
-            return signalled;
+            return signals.ExitCode;
         }
         catch (LabTimeoutException e)
         {

@@ -47,9 +47,9 @@ internal static class LabTestApplication
 
         public async Task OnTestSessionStartingAsync(ITestSessionContext context)
         {
+            // The line itself was printed by KvmLab.RelaunchIfNeeded (natively) or by the lab (relaunched).
             var where = LabLocation.Current;
             string line = where.ToString();
-            Console.WriteLine(line);
             string directory = configuration["platformOptions:resultDirectory"] ?? Path.Combine(AppContext.BaseDirectory, "TestResults");
             Directory.CreateDirectory(directory);
             string name = (where.IsLab ? $"KVM-lab-{where.Architecture.Name()}" : "KVM-native") + $"-Linux-{where.KernelRelease}.txt";

@@ -43,7 +43,8 @@ mount -t tmpfs tmpfs "$root$run/tmp" || fail "mounting a tmpfs on $run/tmp faile
 ifconfig lo 127.0.0.1 up || fail "bringing up the loopback interface failed"
 
 echo "kvmsharp-lab: ready $(uname -r)"
-chroot "$root" "$run/busybox" sh "$run/run.sh" > "$root$run/stdout" 2> "$root$run/stderr" < /dev/null
+# env -i: the command's environment is exactly what run.sh exports, nothing of this init's.
+chroot "$root" "$run/busybox" env -i "$run/busybox" sh "$run/run.sh" > "$root$run/stdout" 2> "$root$run/stderr" < /dev/null
 echo "$?" > "$root$run/exit.tmp" && mv "$root$run/exit.tmp" "$root$run/exit"
 sync
 poweroff -f

@@ -14,6 +14,9 @@ internal static partial class Libc
     /// <summary>KVM_GET_API_VERSION = _IO(0xAE, 0x00), the same on every architecture.</summary>
     internal const nuint KVM_GET_API_VERSION = 0xAE00;
 
+    /// <summary>KVM_CREATE_VM = _IO(0xAE, 0x01) and KVM_CREATE_VCPU = _IO(0xAE, 0x41), the same on every architecture.</summary>
+    internal const nuint KVM_CREATE_VM = 0xAE01, KVM_CREATE_VCPU = 0xAE41;
+
     [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     internal static partial int open(string path, int flags);
 

@@ -28,9 +28,12 @@ internal sealed class QemuProcess : IDisposable
     private QemuProcess(Process process)
     {
         _process = process;
+        // Blocking reads for the machine's whole life: threads of their own, not the pool's.
         _readers = Task.WhenAll(
-            Task.Run(() => ReadLines(process.StandardOutput.BaseStream, "")),
-            Task.Run(() => ReadLines(process.StandardError.BaseStream, "qemu: ")));
+            Task.Factory.StartNew(() => ReadLines(process.StandardOutput.BaseStream, ""), CancellationToken.None,
+                TaskCreationOptions.LongRunning, TaskScheduler.Default),
+            Task.Factory.StartNew(() => ReadLines(process.StandardError.BaseStream, "qemu: "), CancellationToken.None,
+                TaskCreationOptions.LongRunning, TaskScheduler.Default));
     }
 
     /// <summary>Completes with the guest kernel's release when the init says it is ready.</summary>
