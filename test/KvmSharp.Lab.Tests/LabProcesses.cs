@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace KvmSharp.Lab.Tests;
 
 /// <summary>What runs on the host: QEMU processes and their parents, read from /proc.</summary>
@@ -31,6 +33,44 @@ internal static class LabProcesses
         }
         return found;
     }
+
+    /// <summary>Whether <paramref name="pid"/> exists and is not a zombie.</summary>
+    public static bool IsRunning(int pid)
+    {
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{pid}/stat");
+            return stat[stat.LastIndexOf(')') + 2] != 'Z';
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Makes this process adopt its orphaned descendants (PR_SET_CHILD_SUBREAPER), or stop adopting.</summary>
+    public static bool SetChildSubreaper(bool on) => prctl(PrSetChildSubreaper, on ? 1u : 0u, 0, 0, 0) == 0;
+
+    /// <summary>
+    /// Reaps <paramref name="pid"/> if it is a child of this process that has ended (adopted as subreaper);
+    /// no-op when it is not this process's child or the runtime reaped it already.
+    /// </summary>
+    public static void Reap(int pid)
+    {
+        if (IsRunning(pid))
+            return;
+        while (waitpid(pid, out _, WNoHang) < 0 && Marshal.GetLastPInvokeError() == EIntr)
+        {
+        }
+    }
+
+    private const int PrSetChildSubreaper = 36, WNoHang = 1, EIntr = 4;
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int waitpid(int pid, out int status, int options);
 
     /// <summary>Waits until <paramref name="condition"/> holds, polling, for at most <paramref name="timeout"/>.</summary>
     public static bool WaitUntil(Func<bool> condition, TimeSpan timeout)

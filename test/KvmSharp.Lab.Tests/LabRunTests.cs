@@ -150,27 +150,41 @@ public class LabRunTests
     [Test]
     public void ParentDeath_TakesQemuWithIt()
     {
-        // The lab's command line in a child process; SIGKILL it while its machine runs.
+        // The lab's command line in a child process; SIGKILL it while its machine runs. QEMU, orphaned,
+        // would be adopted by pid 1, and a pid 1 that does not reap (some CI containers) would keep it as
+        // a zombie forever: so this process adopts it instead (PR_SET_CHILD_SUBREAPER) and reaps it.
         string lab = Path.Combine(AppContext.BaseDirectory, "KvmSharp.Lab.dll");
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         foreach (string arg in new[] { lab, "--lab", "--", "sleep", "600" })
             psi.ArgumentList.Add(arg);
-        using var cli = Process.Start(psi)!;
+        Assert.That(LabProcesses.SetChildSubreaper(true), Is.True, "prctl(PR_SET_CHILD_SUBREAPER)");
+        int qemu = 0;
         try
         {
-            int qemu = 0;
-            Assert.That(LabProcesses.WaitUntil(() => (qemu = LabProcesses.QemuChildrenOf(cli.Id).FirstOrDefault()) != 0, Generous),
-                Is.True, "the child started QEMU");
-            cli.Kill();
-            cli.WaitForExit();
-            Assert.That(LabProcesses.WaitUntil(() => !IsAlive(qemu), TimeSpan.FromSeconds(30)), Is.True,
-                $"QEMU (pid {qemu}) died with its parent (PR_SET_PDEATHSIG through setpriv)");
+            using var cli = Process.Start(psi)!;
+            try
+            {
+                Assert.That(LabProcesses.WaitUntil(() => (qemu = LabProcesses.QemuChildrenOf(cli.Id).FirstOrDefault()) != 0, Generous),
+                    Is.True, "the child started QEMU");
+                cli.Kill();
+                cli.WaitForExit();
+                Assert.That(LabProcesses.WaitUntil(() => !LabProcesses.IsRunning(qemu), TimeSpan.FromSeconds(30)), Is.True,
+                    $"QEMU (pid {qemu}) died with its parent (PR_SET_PDEATHSIG through setpriv)");
+            }
+            finally
+            {
+                if (!cli.HasExited)
+                    cli.Kill(entireProcessTree: true);
+            }
         }
         finally
         {
-            if (!cli.HasExited)
-                cli.Kill(entireProcessTree: true);
+            if (qemu != 0)
+                LabProcesses.Reap(qemu);
+            LabProcesses.SetChildSubreaper(false);
         }
+        Assert.That(File.Exists($"/proc/{qemu}/stat") && LabProcesses.QemuChildrenOf(Environment.ProcessId).Contains(qemu), Is.False,
+            "the orphaned QEMU was reaped, not left a zombie");
     }
 
     [Test]
@@ -216,18 +230,5 @@ public class LabRunTests
         var result = KvmLab.RunAsync(["uname", "-r"], options).GetAwaiter().GetResult();
         Assert.That(result.ExitCode, Is.EqualTo(0));
         Assert.That(output.Out.Trim(), Is.EqualTo(result.Location.KernelRelease));
-    }
-
-    private static bool IsAlive(int pid)
-    {
-        try
-        {
-            string stat = File.ReadAllText($"/proc/{pid}/stat");
-            return stat[(stat.LastIndexOf(')') + 2)] != 'Z';
-        }
-        catch (IOException)
-        {
-            return false;
-        }
     }
 }
