@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using KvmSharp.Interop;
@@ -40,6 +41,7 @@ public sealed class Vcpu : IDisposable
     private readonly Lock _timerLock = new();
     private Timer? _timer;
     private int _timerState; // 0 idle, 1 armed, 2 fired
+    private long _timerDeadline; // Stopwatch timestamp at which the armed run's timeout ends
     // Ownership and kick target in one word, so that taking the vCPU and publishing the thread to
     // kickers is one interlocked operation, and so is giving both up: the low 32 bits are the OS
     // thread id of the owning thread (0 when free); RunningFlag is set while that thread is inside
@@ -478,16 +480,24 @@ public sealed class Vcpu : IDisposable
     /// Runs like <see cref="Run()"/>, but returns <see cref="VcpuExitReason.Interrupted"/> once
     /// <paramref name="timeout"/> has passed (built on <see cref="RequestExit"/>).
     /// </summary>
-    /// <exception cref="ArgumentOutOfRangeException">A negative timeout other than <see cref="Timeout.InfiniteTimeSpan"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// A negative timeout other than <see cref="Timeout.InfiniteTimeSpan"/>, or one longer than a
+    /// <see cref="Timer"/> can wait (4 294 967 294 ms).
+    /// </exception>
     /// <inheritdoc cref="Run()" path="/exception"/>
     public VcpuExit Run(TimeSpan timeout)
     {
         if (timeout == Timeout.InfiniteTimeSpan) return Run();
         ArgumentOutOfRangeException.ThrowIfLessThan(timeout, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(timeout, MaxTimerWait);
         // Refuse before touching the shared timer: another thread's run must keep its own deadline.
         if (IsOwnedByAnotherThread) ThrowOwned(KickSignal.CurrentThreadId);
         var timer = _timer ??= new Timer(static s => ((Vcpu)s!).OnTimer(), this, Timeout.Infinite, Timeout.Infinite);
-        lock (_timerLock) _timerState = 1;
+        lock (_timerLock)
+        {
+            _timerState = 1;
+            _timerDeadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        }
         timer.Change(timeout, Timeout.InfiniteTimeSpan);
         bool interrupted = false;
         try
@@ -510,11 +520,29 @@ public sealed class Vcpu : IDisposable
         }
     }
 
+    private static readonly TimeSpan MaxTimerWait = TimeSpan.FromMilliseconds(uint.MaxValue - 1);
+
     private void OnTimer()
     {
         lock (_timerLock)
         {
             if (_timerState != 1) return;
+            // A callback of an earlier run, queued just before that run disarmed the timer, may arrive
+            // during a later run; so may one that fires a little early. Neither ends this run before
+            // its deadline: wait for the rest of it.
+            long left = _timerDeadline - Stopwatch.GetTimestamp();
+            if (left > 0)
+            {
+                try
+                {
+                    _timer?.Change(TimeSpan.FromMilliseconds(Math.Ceiling(left * 1000.0 / Stopwatch.Frequency)), Timeout.InfiniteTimeSpan);
+                }
+                catch (ObjectDisposedException)
+                {
+                    // The vCPU was disposed meanwhile: there is no run left to end.
+                }
+                return;
+            }
             _timerState = 2;
             RequestExit();
         }

@@ -137,6 +137,42 @@ public class ThreadingTests : KvmTestBase
     }
 
     [Test]
+    public void RunWithTimeout_NeverEndsBeforeItsTimeout_WhenAnEarlierRunsTimerWasDue()
+    {
+        // Each round: a run with a 1 ms timeout that ends by an I/O exit after a spin of varying length
+        // (so it often ends just as its timer is due), then a 20 ms run of a guest that spins forever.
+        // The second run must take its 20 ms: a late callback of the first run's timer must not end it.
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            var countdown = a.CreateLabel();
+            var spin = a.CreateLabel();
+            a.Label(ref countdown);
+            a.dec(rcx);
+            a.jnz(countdown);
+            a.mov(dx, 0x70);
+            a.@out(dx, al);
+            a.Label(ref spin);
+            a.jmp(spin);
+        });
+        var random = new Random(7);
+        int raced = 0;
+        for (int round = 0; round < 30; round++)
+        {
+            g.Cpu.X86.Rip = TestGuest.CodeAddress;
+            g.Cpu.X86.Rcx = (ulong)random.Next(1, 200_000);
+            if (g.Cpu.Run(TimeSpan.FromMilliseconds(1)).Reason != VcpuExitReason.Io)
+                continue; // the countdown outlasted the timeout: nothing to race with
+            raced++;
+            var sw = Stopwatch.StartNew();
+            var exit = g.Cpu.Run(TimeSpan.FromMilliseconds(20));
+            sw.Stop();
+            Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Interrupted), $"round {round}");
+            Assert.That(sw.Elapsed, Is.GreaterThanOrEqualTo(TimeSpan.FromMilliseconds(20)), $"round {round}: the run ended early");
+        }
+        Assert.That(raced, Is.GreaterThan(0), "some first runs ended by their I/O exit");
+    }
+
+    [Test]
     public void RunWithTimeout_ReturnsInterrupted_AndLeavesNoRequestBehind()
     {
         using var g = Spinner();
