@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using KvmSharp.Devices;
 
 namespace KvmSharp;
@@ -43,6 +44,7 @@ public sealed class VcpuRunner
     private int _timedOut;
     private int _cancelled;
     private bool _armed;
+    private Deadline? _deadline; // the running loop's timeout, if any (under _lock)
 
     /// <summary>Creates a runner for <paramref name="vcpu"/> dispatching to <paramref name="bus"/>.</summary>
     public VcpuRunner(Vcpu vcpu, IoBus bus)
@@ -75,8 +77,17 @@ public sealed class VcpuRunner
     /// <param name="timeout">How long at most; <see cref="Timeout.InfiniteTimeSpan"/> (default) for no limit.</param>
     /// <param name="cancellationToken">Stops the loop when cancelled.</param>
     /// <exception cref="KvmException">KVM_RUN failed.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// A negative timeout other than <see cref="Timeout.InfiniteTimeSpan"/>, or one longer than a
+    /// <see cref="Timer"/> can wait (4 294 967 294 ms).
+    /// </exception>
     public RunResult Run(TimeSpan? timeout = null, CancellationToken cancellationToken = default)
     {
+        if (timeout is { } t && t != Timeout.InfiniteTimeSpan)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(t, TimeSpan.Zero, nameof(timeout));
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(t, TimeSpan.FromMilliseconds(uint.MaxValue - 1), nameof(timeout));
+        }
         Vcpu.Hold(); // own the vCPU across exits: Invoke actions run at the next entry, not mid-handler
         try
         {
@@ -93,10 +104,17 @@ public sealed class VcpuRunner
         Volatile.Write(ref _stop, 0);
         Volatile.Write(ref _timedOut, 0);
         Volatile.Write(ref _cancelled, 0);
-        lock (_lock) _armed = true;
-        var timer = timeout is { } t && t != Timeout.InfiniteTimeSpan
-            ? new Timer(static s => ((VcpuRunner)s!).OnTimeout(), this, t, Timeout.InfiniteTimeSpan)
-            : null;
+        Deadline? deadline = null;
+        lock (_lock)
+        {
+            _armed = true;
+            if (timeout is { } t && t != Timeout.InfiniteTimeSpan)
+            {
+                // Created under the lock, so that its callback (which takes the lock) sees it complete.
+                _deadline = deadline = new Deadline(this, Stopwatch.GetTimestamp() + (long)(t.TotalSeconds * Stopwatch.Frequency));
+                deadline.Timer = new Timer(static s => ((Deadline)s!).Runner.OnTimeout((Deadline)s), deadline, t, Timeout.InfiniteTimeSpan);
+            }
+        }
         var reg = cancellationToken.UnsafeRegister(static s => ((VcpuRunner)s!).OnCancel(), this);
         try
         {
@@ -104,8 +122,12 @@ public sealed class VcpuRunner
         }
         finally
         {
-            lock (_lock) _armed = false;
-            timer?.Dispose();
+            lock (_lock)
+            {
+                _armed = false;
+                _deadline = null;
+            }
+            deadline?.Timer!.Dispose();
             reg.Dispose();
             // A timeout, cancellation or stop that fired after the loop ended for another reason left
             // an exit request behind: withdraw it so that the vCPU's next run is not cut short.
@@ -185,11 +207,27 @@ public sealed class VcpuRunner
         return true;
     }
 
-    private void OnTimeout()
+    /// <summary>One run's timeout: its end (a <see cref="Stopwatch"/> timestamp) and its timer.</summary>
+    private sealed class Deadline(VcpuRunner runner, long at)
+    {
+        public readonly VcpuRunner Runner = runner;
+        public readonly long At = at;
+        public Timer? Timer;
+    }
+
+    private void OnTimeout(Deadline deadline)
     {
         lock (_lock)
         {
-            if (!_armed) return;
+            // A late callback of an earlier run's timer (disposing a timer does not wait for a queued
+            // callback) must not end this run; nor may a callback that fires a little early.
+            if (!_armed || _deadline != deadline) return;
+            long left = deadline.At - Stopwatch.GetTimestamp();
+            if (left > 0)
+            {
+                deadline.Timer!.Change(TimeSpan.FromMilliseconds(Math.Ceiling(left * 1000.0 / Stopwatch.Frequency)), Timeout.InfiniteTimeSpan);
+                return;
+            }
             Volatile.Write(ref _timedOut, 1);
             Vcpu.RequestExit();
         }

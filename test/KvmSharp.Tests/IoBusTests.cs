@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Iced.Intel;
 using KvmSharp.Devices;
 using KvmSharp.Guests;
@@ -106,6 +107,52 @@ public class IoBusTests : KvmTestBase
             Assert.That(new VcpuRunner(spin.Cpu, bus).Run(TimeSpan.FromMilliseconds(20)).Reason, Is.EqualTo(RunStopReason.Timeout));
         using (var crash = TestGuest.LongMode(Kvm, a => a.ud2(), new X86LongModeOptions { UserMode = true, InstallIdt = false }))
             Assert.That(new VcpuRunner(crash.Cpu, bus).Run().Reason, Is.EqualTo(RunStopReason.Shutdown));
+    }
+
+    [Test]
+    public void RunnerTimeout_NeverEndsBeforeItsDeadline_AndBadTimeoutsAreRefused()
+    {
+        // A guest that exits to the bus after a spin of varying length, then spins forever: each
+        // round's first loop (1 ms) may end just as its timer is due; the second (10 ms) must last
+        // its whole timeout, whatever a late callback of the first run's timer does.
+        var bus = new IoBus();
+        bus.MapPorts(0x600, 4, new Scratch(4, stopOnWrite: _ => true));
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            var countdown = a.CreateLabel();
+            var spin = a.CreateLabel();
+            a.Label(ref countdown);
+            a.dec(rcx);
+            a.jnz(countdown);
+            a.mov(dx, 0x600);
+            a.@out(dx, eax);
+            a.Label(ref spin);
+            a.jmp(spin);
+        });
+        var runner = new VcpuRunner(g.Cpu, bus);
+        var random = new Random(11);
+        int raced = 0;
+        for (int round = 0; round < 20; round++)
+        {
+            g.Cpu.X86.Rip = TestGuest.CodeAddress;
+            g.Cpu.X86.Rcx = (ulong)random.Next(1, 200_000);
+            if (runner.Run(TimeSpan.FromMilliseconds(1)).Reason != RunStopReason.StopRequested)
+                continue;
+            raced++;
+            var sw = Stopwatch.StartNew();
+            var result = runner.Run(TimeSpan.FromMilliseconds(10));
+            sw.Stop();
+            Assert.That(result.Reason, Is.EqualTo(RunStopReason.Timeout), $"round {round}");
+            Assert.That(sw.Elapsed, Is.GreaterThanOrEqualTo(TimeSpan.FromMilliseconds(10)), $"round {round}: the loop ended early");
+        }
+        Assert.That(raced, Is.GreaterThan(0), "some first loops ended at the bus");
+
+        Assert.That(() => runner.Run(TimeSpan.FromMilliseconds(-5)), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(() => runner.Run(TimeSpan.FromDays(60)), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(() => g.Cpu.Run(TimeSpan.FromDays(60)), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        g.Cpu.X86.Rip = TestGuest.CodeAddress;
+        g.Cpu.X86.Rcx = 1;
+        Assert.That(runner.Run(TimeSpan.FromSeconds(30)).Reason, Is.EqualTo(RunStopReason.StopRequested), "the vCPU is usable after refused timeouts");
     }
 
     [Test]
