@@ -46,8 +46,12 @@ public sealed class Vcpu : IDisposable
     // kickers is one interlocked operation, and so is giving both up: the low 32 bits are the OS
     // thread id of the owning thread (0 when free); RunningFlag is set while that thread is inside
     // (or about to enter) KVM_RUN. Only the owner sets or clears the flag.
+    // Dispose leaves DisposedState behind for good (an owner no OS thread has), so that no CAS from
+    // 0 — a fast path that checked the disposal flag just before Dispose began — can ever take a
+    // disposed vCPU; owners give the vCPU up with a CAS from their own state, which never clears it.
     private long _state;
     private const long RunningFlag = 1L << 32;
+    private const long DisposedState = 0xFFFF_FFFFL;
     private int _kickers;    // threads inside Kick; Dispose waits for them before unmapping kvm_run
     private int _exitRequested;
     private int _invokeCount;
@@ -282,7 +286,8 @@ public sealed class Vcpu : IDisposable
     /// <exception cref="KvmException">KVM_RUN failed for another reason (e.g. EFAULT for a slot whose
     /// memory vanished, EINVAL for invalid register state, ENOEXEC for an uninitialised arm64 vCPU).</exception>
     /// <exception cref="InvalidOperationException">Another thread is running this vCPU.</exception>
-    /// <exception cref="ObjectDisposedException">The vCPU is disposed or being disposed.</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed or being disposed — also when
+    /// <see cref="Dispose"/> on another thread ended this run (it has no exit to report).</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     public VcpuExit Run()
     {
@@ -306,7 +311,7 @@ public sealed class Vcpu : IDisposable
             int r = EnterKvmRun();
             x86.AfterRun(r, _runAddress);
             if (r < 0) return RunOwned(me, held: false, r);
-            Release();
+            Release(OwnedRunning(me));
             return new VcpuExit(RunPage, KvmArchitecture.X86_64);
         }
         return RunSlow();
@@ -384,7 +389,9 @@ public sealed class Vcpu : IDisposable
             // A kicker that saw the thread just before it was withdrawn may still send its signal:
             // harmless, it stays pending (blocked) until a later run drains it, and if this thread
             // ended and its tid were reused, the process-wide SIG_IGN discards it (see KickSignal).
-            if (!held) Release();
+            // Owned, not running (an exception may have left the flag set), then released unless held.
+            Interlocked.CompareExchange(ref _state, Owned(me), OwnedRunning(me));
+            if (!held) Release(Owned(me));
         }
     }
 
@@ -445,6 +452,9 @@ public sealed class Vcpu : IDisposable
             RunQueuedInvokes();
             return false;
         }
+        // A Dispose on another thread kicked this run: it has no exit to report, and kvm_run is about
+        // to be unmapped (once the caller's finally releases the vCPU), so no view of it is returned.
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
         var run = RunPage;
         run[KvmRunPage.ImmediateExit] = 0;
         // KVM leaves exit_reason stale on EINTR; report the interruption itself.
@@ -473,7 +483,7 @@ public sealed class Vcpu : IDisposable
     /// <summary>Ends a <see cref="Hold"/>; the last one releases the vCPU (serving queued Invoke actions).</summary>
     internal void Unhold()
     {
-        if (--_holdDepth == 0) Release();
+        if (--_holdDepth == 0) Release(Owned(KickSignal.CurrentThreadId));
     }
 
     /// <summary>
@@ -626,11 +636,15 @@ public sealed class Vcpu : IDisposable
         throw new InvalidOperationException($"vCPU {Id} is being run by thread {owner} (OS thread id); one thread runs a vCPU at a time.");
     }
 
-    /// <summary>Gives up ownership; runs any Invoke actions queued meanwhile (on this thread) before leaving.</summary>
+    /// <summary>
+    /// Gives up ownership, held as <paramref name="owned"/> (a CAS: a vCPU disposed meanwhile, by an
+    /// action of this thread, stays disposed); runs any Invoke actions queued meanwhile (on this
+    /// thread) before leaving.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Release()
+    private void Release(long owned)
     {
-        Interlocked.Exchange(ref _state, 0);
+        Interlocked.CompareExchange(ref _state, 0, owned);
         // An Invoke that queued while we owned the vCPU and failed to take it over is waiting:
         // serve it now (Dekker with Invoke: both sides use full barriers).
         if (Volatile.Read(ref _invokeCount) != 0) ServeInvokesAfterRelease();
@@ -640,8 +654,9 @@ public sealed class Vcpu : IDisposable
     private void ServeInvokesAfterRelease()
     {
         bool served = false;
+        long me = Owned(KickSignal.CurrentThreadId);
         while (Volatile.Read(ref _invokeCount) != 0 && Volatile.Read(ref _disposing) == 0
-               && Interlocked.CompareExchange(ref _state, Owned(KickSignal.CurrentThreadId), 0) == 0)
+               && Interlocked.CompareExchange(ref _state, me, 0) == 0)
         {
             served = true;
             try
@@ -650,7 +665,7 @@ public sealed class Vcpu : IDisposable
             }
             finally
             {
-                Interlocked.Exchange(ref _state, 0);
+                Interlocked.CompareExchange(ref _state, 0, me);
             }
         }
         // An action run here disposed the vCPU: the caller (Run returning an exit view into
@@ -702,7 +717,8 @@ public sealed class Vcpu : IDisposable
             FailQueued(); // Dispose raced us: it may have drained the queue before our item arrived
             return;
         }
-        if (Interlocked.CompareExchange(ref _state, Owned(KickSignal.CurrentThreadId), 0) == 0)
+        long me = Owned(KickSignal.CurrentThreadId);
+        if (Interlocked.CompareExchange(ref _state, me, 0) == 0)
         {
             // Nobody owns the vCPU: serve the queue here.
             try
@@ -711,7 +727,7 @@ public sealed class Vcpu : IDisposable
             }
             finally
             {
-                Release();
+                Release(me);
             }
         }
         else
@@ -837,7 +853,9 @@ public sealed class Vcpu : IDisposable
     /// <summary>
     /// Releases the vCPU: if another thread is running it, kicks it and waits until its run has
     /// returned, so no fd is closed under a running ioctl; then unmaps <c>kvm_run</c>, closes the fd
-    /// and removes the vCPU from its VM. Pending Invoke actions fail with <see cref="ObjectDisposedException"/>.
+    /// and removes the vCPU from its VM. The interrupted run throws <see cref="ObjectDisposedException"/>
+    /// on its thread, as does every later use; a disposed vCPU can never be entered again. Pending
+    /// Invoke actions fail with <see cref="ObjectDisposedException"/>.
     /// Idempotent; callable from any thread.
     /// </summary>
     public void Dispose()
@@ -869,6 +887,8 @@ public sealed class Vcpu : IDisposable
         _run.Dispose();
         _fd.Dispose();
         Volatile.Write(ref _disposed, true);
-        if (!ownedByMe) Interlocked.Exchange(ref _state, 0);
+        // Terminal: never 0 again, whoever owned it (a run of this thread that disposed the vCPU from
+        // an Invoke action releases with a CAS that now fails).
+        Volatile.Write(ref _state, DisposedState);
     }
 }
