@@ -117,18 +117,7 @@ public class IoBusTests : KvmTestBase
         // its whole timeout, whatever a late callback of the first run's timer does.
         var bus = new IoBus();
         bus.MapPorts(0x600, 4, new Scratch(4, stopOnWrite: _ => true));
-        using var g = TestGuest.LongMode(Kvm, a =>
-        {
-            var countdown = a.CreateLabel();
-            var spin = a.CreateLabel();
-            a.Label(ref countdown);
-            a.dec(rcx);
-            a.jnz(countdown);
-            a.mov(dx, 0x600);
-            a.@out(dx, eax);
-            a.Label(ref spin);
-            a.jmp(spin);
-        });
+        using var g = TestGuest.CountdownThenOut(Kvm, 0x600);
         var runner = new VcpuRunner(g.Cpu, bus);
         var random = new Random(11);
         int raced = 0;

@@ -142,18 +142,7 @@ public class ThreadingTests : KvmTestBase
         // Each round: a run with a 1 ms timeout that ends by an I/O exit after a spin of varying length
         // (so it often ends just as its timer is due), then a 20 ms run of a guest that spins forever.
         // The second run must take its 20 ms: a late callback of the first run's timer must not end it.
-        using var g = TestGuest.LongMode(Kvm, a =>
-        {
-            var countdown = a.CreateLabel();
-            var spin = a.CreateLabel();
-            a.Label(ref countdown);
-            a.dec(rcx);
-            a.jnz(countdown);
-            a.mov(dx, 0x70);
-            a.@out(dx, al);
-            a.Label(ref spin);
-            a.jmp(spin);
-        });
+        using var g = TestGuest.CountdownThenOut(Kvm, 0x70);
         var random = new Random(7);
         int raced = 0;
         for (int round = 0; round < 30; round++)

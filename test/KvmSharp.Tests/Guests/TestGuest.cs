@@ -71,6 +71,23 @@ public sealed class TestGuest : IDisposable
         }
     }
 
+    /// <summary>
+    /// A long-mode guest that counts RCX down to zero, writes AL to <paramref name="port"/> (an I/O
+    /// exit) and then spins forever: set RCX to choose how long before the exit (timeout tests).
+    /// </summary>
+    public static TestGuest CountdownThenOut(Kvm kvm, ushort port) => LongMode(kvm, a =>
+    {
+        var countdown = a.CreateLabel();
+        var spin = a.CreateLabel();
+        a.Label(ref countdown);
+        a.dec(AssemblerRegisters.rcx);
+        a.jnz(countdown);
+        a.mov(AssemblerRegisters.dx, port);
+        a.@out(AssemblerRegisters.dx, AssemblerRegisters.al);
+        a.Label(ref spin);
+        a.jmp(spin);
+    });
+
     /// <summary>A real-mode guest (CS base 0) running 16-bit <paramref name="code"/> at <see cref="CodeAddress"/> (CS:IP = 0x1000:0).</summary>
     public static TestGuest RealMode(Kvm kvm, Action<Assembler> code)
     {
