@@ -114,6 +114,13 @@ public sealed class Vcpu : IDisposable
     /// <summary>True once disposed.</summary>
     public bool IsDisposed => _disposed;
 
+    /// <summary>Throws <see cref="ObjectDisposedException"/> once disposed (views into <c>kvm_run</c> check this).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void ThrowIfDisposed()
+    {
+        if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
+    }
+
     /// <summary>True while a thread is inside <see cref="Run()"/> for this vCPU.</summary>
     public bool IsRunning => (Volatile.Read(ref _state) & RunningFlag) != 0;
 
@@ -312,7 +319,7 @@ public sealed class Vcpu : IDisposable
             x86.AfterRun(r, _runAddress);
             if (r < 0) return RunOwned(me, held: false, r);
             Release(OwnedRunning(me));
-            return new VcpuExit(RunPage, KvmArchitecture.X86_64);
+            return new VcpuExit(this, RunPage, KvmArchitecture.X86_64);
         }
         return RunSlow();
     }
@@ -381,7 +388,7 @@ public sealed class Vcpu : IDisposable
                 }
                 entered = false;
                 if ((r < 0 || DirtyRing is not null) && !EndsRun(r)) continue;
-                return new VcpuExit(run, Architecture);
+                return new VcpuExit(this, run, Architecture);
             }
         }
         finally

@@ -5,7 +5,10 @@ namespace KvmSharp;
 
 /// <summary>
 /// A view of one vCPU exit, straight into the vCPU's <c>kvm_run</c> page: no copy, no allocation.
-/// Valid until the next <see cref="Vcpu.Run()"/> or the vCPU's disposal.
+/// Valid until the next <see cref="Vcpu.Run()"/> or the vCPU's disposal: after disposal every member
+/// (and every member of the typed views taken from it) throws <see cref="ObjectDisposedException"/>
+/// instead of reading unmapped memory. A <see cref="Span{T}"/> taken from a view (e.g.
+/// <see cref="IoExit.Data"/>) cannot be checked: do not use it after the next run or disposal.
 /// </summary>
 /// <remarks>
 /// <see cref="Reason"/> says which typed view applies; asking for another throws
@@ -14,13 +17,15 @@ namespace KvmSharp;
 /// </remarks>
 public readonly ref struct VcpuExit
 {
-    private readonly Span<byte> _run;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
     private readonly int _u;
     private readonly KvmArchitecture _arch;
 
-    internal VcpuExit(Span<byte> run, KvmArchitecture arch)
+    internal VcpuExit(Vcpu vcpu, Span<byte> run, KvmArchitecture arch)
     {
-        _run = run;
+        _vcpu = vcpu;
+        _bytes = run;
         _arch = arch;
         _u = arch.ExitUnionOffset();
     }
@@ -29,16 +34,16 @@ public readonly ref struct VcpuExit
     public VcpuExitReason Reason => (VcpuExitReason)RawReason;
 
     /// <summary>The exit reason as the kernel's number, for reasons newer than this library.</summary>
-    public uint RawReason => MemoryMarshal.Read<uint>(_run.Slice(8));
+    public uint RawReason => MemoryMarshal.Read<uint>(Run.Slice(8));
 
     /// <summary><c>kvm_run.if_flag</c> (x86): whether the guest had interrupts enabled.</summary>
-    public bool InterruptFlag => _run[13] != 0;
+    public bool InterruptFlag => Run[13] != 0;
 
     /// <summary><c>kvm_run.ready_for_interrupt_injection</c> (x86).</summary>
-    public bool ReadyForInterruptInjection => _run[12] != 0;
+    public bool ReadyForInterruptInjection => Run[12] != 0;
 
     /// <summary>The 256 bytes of the exit union, for reasons without a typed view.</summary>
-    public ReadOnlySpan<byte> RawUnion => _run.Slice(_u, 256);
+    public ReadOnlySpan<byte> RawUnion => Run.Slice(_u, 256);
 
     /// <summary>For <see cref="VcpuExitReason.Unknown"/>: the hardware exit reason (<c>kvm_run.hw</c>).</summary>
     public ulong HardwareExitReason => Field<ulong>(VcpuExitReason.Unknown, 0);
@@ -68,7 +73,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Io);
-            return new IoExit(_run, _u);
+            return new IoExit(_vcpu, _bytes, _u);
         }
     }
 
@@ -79,7 +84,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Mmio);
-            return new MmioExit(_run.Slice(_u, 24));
+            return new MmioExit(_vcpu, _bytes.Slice(_u, 24));
         }
     }
 
@@ -90,7 +95,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.SystemEvent);
-            return new SystemEventExit(_run.Slice(_u, 136));
+            return new SystemEventExit(_vcpu, _bytes.Slice(_u, 136));
         }
     }
 
@@ -101,7 +106,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.InternalError);
-            return new InternalErrorExit(_run.Slice(_u, 136));
+            return new InternalErrorExit(_vcpu, _bytes.Slice(_u, 136));
         }
     }
 
@@ -112,7 +117,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.FailEntry);
-            return new FailEntryExit(_run.Slice(_u, 16));
+            return new FailEntryExit(_vcpu, _bytes.Slice(_u, 16));
         }
     }
 
@@ -123,7 +128,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Exception);
-            return new ExceptionExit(_run.Slice(_u, 8));
+            return new ExceptionExit(_vcpu, _bytes.Slice(_u, 8));
         }
     }
 
@@ -134,7 +139,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Debug);
-            return new DebugExit(_run.Slice(_u, 32), _arch);
+            return new DebugExit(_vcpu, _bytes.Slice(_u, 32), _arch);
         }
     }
 
@@ -146,7 +151,7 @@ public readonly ref struct VcpuExit
         {
             var r = Reason;
             if (r != VcpuExitReason.X86Rdmsr && r != VcpuExitReason.X86Wrmsr) ThrowWrongKind(RawReason, "X86Rdmsr or X86Wrmsr");
-            return new X86MsrExit(_run.Slice(_u, 24));
+            return new X86MsrExit(_vcpu, _bytes.Slice(_u, 24));
         }
     }
 
@@ -157,7 +162,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Sieic);
-            return new S390SieicExit(_run.Slice(_u, 8));
+            return new S390SieicExit(_vcpu, _bytes.Slice(_u, 8));
         }
     }
 
@@ -168,7 +173,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Ucontrol);
-            return new S390UcontrolExit(_run.Slice(_u, 16));
+            return new S390UcontrolExit(_vcpu, _bytes.Slice(_u, 16));
         }
     }
 
@@ -179,14 +184,25 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.ArmNisv);
-            return new ArmNisvExit(_run.Slice(_u, 16));
+            return new ArmNisvExit(_vcpu, _bytes.Slice(_u, 16));
+        }
+    }
+
+    /// <summary>The <c>kvm_run</c> page; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Run
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
         }
     }
 
     private T Field<T>(VcpuExitReason reason, int offset) where T : unmanaged
     {
         Expect(reason);
-        return MemoryMarshal.Read<T>(_run.Slice(_u + offset));
+        return MemoryMarshal.Read<T>(Run.Slice(_u + offset));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

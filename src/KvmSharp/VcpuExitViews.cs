@@ -15,29 +15,31 @@ public enum IoDirection : byte
 /// <summary>A port I/O exit (<c>kvm_run.io</c>). For string I/O (<c>rep outs/ins</c>), <see cref="Count"/> items of <see cref="Size"/> bytes.</summary>
 public readonly ref struct IoExit
 {
-    private readonly Span<byte> _run;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
     private readonly int _u;
 
-    internal IoExit(Span<byte> run, int unionOffset)
+    internal IoExit(Vcpu vcpu, Span<byte> run, int unionOffset)
     {
-        _run = run;
+        _vcpu = vcpu;
+        _bytes = run;
         _u = unionOffset;
     }
 
     /// <summary>In or out.</summary>
-    public IoDirection Direction => (IoDirection)_run[_u];
+    public IoDirection Direction => (IoDirection)Bytes[_u];
 
     /// <summary>True for an OUT (guest write).</summary>
-    public bool IsOut => _run[_u] == 1;
+    public bool IsOut => Bytes[_u] == 1;
 
     /// <summary>Bytes per item: 1, 2 or 4.</summary>
-    public int Size => _run[_u + 1];
+    public int Size => Bytes[_u + 1];
 
     /// <summary>The port.</summary>
-    public ushort Port => MemoryMarshal.Read<ushort>(_run.Slice(_u + 2));
+    public ushort Port => MemoryMarshal.Read<ushort>(Bytes.Slice(_u + 2));
 
     /// <summary>The number of items (1 unless string I/O).</summary>
-    public int Count => (int)MemoryMarshal.Read<uint>(_run.Slice(_u + 4));
+    public int Count => (int)MemoryMarshal.Read<uint>(Bytes.Slice(_u + 4));
 
     /// <summary>
     /// The data: <see cref="Size"/> × <see cref="Count"/> bytes inside the <c>kvm_run</c> mapping, in
@@ -50,11 +52,12 @@ public readonly ref struct IoExit
     {
         get
         {
-            ulong offset = MemoryMarshal.Read<ulong>(_run.Slice(_u + 8));
-            ulong length = (ulong)Size * (uint)Count;
-            if (offset > (ulong)_run.Length || length > (ulong)_run.Length - offset)
-                throw new InvalidOperationException($"KVM reported I/O data at offset {offset} length {length}, outside the {_run.Length}-byte kvm_run mapping.");
-            return _run.Slice((int)offset, (int)length);
+            var run = Bytes;
+            ulong offset = MemoryMarshal.Read<ulong>(run.Slice(_u + 8));
+            ulong length = (ulong)run[_u + 1] * MemoryMarshal.Read<uint>(run.Slice(_u + 4));
+            if (offset > (ulong)run.Length || length > (ulong)run.Length - offset)
+                throw new InvalidOperationException($"KVM reported I/O data at offset {offset} length {length}, outside the {run.Length}-byte kvm_run mapping.");
+            return run.Slice((int)offset, (int)length);
         }
     }
 
@@ -84,26 +87,51 @@ public readonly ref struct IoExit
             default: BinaryPrimitives.WriteUInt32LittleEndian(d, value); break;
         }
     }
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary>An MMIO exit (<c>kvm_run.mmio</c>): an access to guest-physical memory that no writable slot backs.</summary>
 public readonly ref struct MmioExit
 {
-    private readonly Span<byte> _m;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal MmioExit(Span<byte> mmio) => _m = mmio;
+    internal MmioExit(Vcpu vcpu, Span<byte> mmio)
+    {
+        _vcpu = vcpu;
+        _bytes = mmio;
+    }
 
     /// <summary>The guest-physical address.</summary>
-    public ulong Address => MemoryMarshal.Read<ulong>(_m);
+    public ulong Address => MemoryMarshal.Read<ulong>(Bytes);
 
     /// <summary>The access width in bytes (1–8).</summary>
-    public int Length => (int)Math.Min(MemoryMarshal.Read<uint>(_m.Slice(16)), 8u);
+    public int Length => (int)Math.Min(MemoryMarshal.Read<uint>(Bytes.Slice(16)), 8u);
 
     /// <summary>True for a guest write.</summary>
-    public bool IsWrite => _m[20] != 0;
+    public bool IsWrite => Bytes[20] != 0;
 
     /// <summary>The data (<see cref="Length"/> bytes, guest byte order): what the guest wrote, or for a read what it will get.</summary>
-    public Span<byte> Data => _m.Slice(8, Length);
+    public Span<byte> Data => Bytes.Slice(8, Length);
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary>Kinds of <see cref="VcpuExitReason.SystemEvent"/> (<c>KVM_SYSTEM_EVENT_*</c>).</summary>
@@ -126,19 +154,34 @@ public enum SystemEventType : uint
 /// <summary>A system event exit (<c>kvm_run.system_event</c>).</summary>
 public readonly ref struct SystemEventExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal SystemEventExit(Span<byte> e) => _e = e;
+    internal SystemEventExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>The event type.</summary>
-    public SystemEventType Type => (SystemEventType)MemoryMarshal.Read<uint>(_e);
+    public SystemEventType Type => (SystemEventType)MemoryMarshal.Read<uint>(Bytes);
 
     /// <summary>The event's data words (<c>ndata</c> of them, at most 16; the first is the legacy <c>flags</c>).</summary>
     public ReadOnlySpan<ulong> Data =>
-        MemoryMarshal.Cast<byte, ulong>(_e.Slice(8, 128)).Slice(0, (int)Math.Min(MemoryMarshal.Read<uint>(_e.Slice(4)), 16u));
+        MemoryMarshal.Cast<byte, ulong>(Bytes.Slice(8, 128)).Slice(0, (int)Math.Min(MemoryMarshal.Read<uint>(Bytes.Slice(4)), 16u));
 
     /// <summary>The legacy <c>flags</c> word (aliases <c>data[0]</c>).</summary>
-    public ulong Flags => MemoryMarshal.Read<ulong>(_e.Slice(8));
+    public ulong Flags => MemoryMarshal.Read<ulong>(Bytes.Slice(8));
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary><c>KVM_INTERNAL_ERROR_*</c> suberrors.</summary>
@@ -158,16 +201,21 @@ public enum InternalErrorSuberror : uint
 public readonly ref struct InternalErrorExit
 {
     private const ulong InstructionBytesFlag = 1; // KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal InternalErrorExit(Span<byte> e) => _e = e;
+    internal InternalErrorExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>The suberror.</summary>
-    public InternalErrorSuberror Suberror => (InternalErrorSuberror)MemoryMarshal.Read<uint>(_e);
+    public InternalErrorSuberror Suberror => (InternalErrorSuberror)MemoryMarshal.Read<uint>(Bytes);
 
     /// <summary>The data words (<c>ndata</c> of them, at most 16); their meaning depends on the suberror and the kernel.</summary>
     public ReadOnlySpan<ulong> Data =>
-        MemoryMarshal.Cast<byte, ulong>(_e.Slice(8, 128)).Slice(0, (int)Math.Min(MemoryMarshal.Read<uint>(_e.Slice(4)), 16u));
+        MemoryMarshal.Cast<byte, ulong>(Bytes.Slice(8, 128)).Slice(0, (int)Math.Min(MemoryMarshal.Read<uint>(Bytes.Slice(4)), 16u));
 
     /// <summary>
     /// For an emulation failure whose flags carry the instruction bytes (KVM_CAP_EXIT_ON_EMULATION_FAILURE):
@@ -177,9 +225,19 @@ public readonly ref struct InternalErrorExit
     {
         get
         {
-            if (Suberror != InternalErrorSuberror.Emulation || MemoryMarshal.Read<uint>(_e.Slice(4)) < 2) return default;
-            if ((MemoryMarshal.Read<ulong>(_e.Slice(8)) & InstructionBytesFlag) == 0) return default;
-            return _e.Slice(17, Math.Min((int)_e[16], 15));
+            if (Suberror != InternalErrorSuberror.Emulation || MemoryMarshal.Read<uint>(Bytes.Slice(4)) < 2) return default;
+            if ((MemoryMarshal.Read<ulong>(Bytes.Slice(8)) & InstructionBytesFlag) == 0) return default;
+            return Bytes.Slice(17, Math.Min((int)Bytes[16], 15));
+        }
+    }
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
         }
     }
 }
@@ -187,45 +245,77 @@ public readonly ref struct InternalErrorExit
 /// <summary>A failed VM entry (<c>kvm_run.fail_entry</c>).</summary>
 public readonly ref struct FailEntryExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal FailEntryExit(Span<byte> e) => _e = e;
+    internal FailEntryExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>The hardware's entry failure reason (VMX exit qualification / SVM code).</summary>
-    public ulong HardwareEntryFailureReason => MemoryMarshal.Read<ulong>(_e);
+    public ulong HardwareEntryFailureReason => MemoryMarshal.Read<ulong>(Bytes);
 
     /// <summary>The host CPU the entry failed on.</summary>
-    public uint Cpu => MemoryMarshal.Read<uint>(_e.Slice(8));
+    public uint Cpu => MemoryMarshal.Read<uint>(Bytes.Slice(8));
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary>An x86 exception exit (<c>kvm_run.ex</c>).</summary>
 public readonly ref struct ExceptionExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal ExceptionExit(Span<byte> e) => _e = e;
+    internal ExceptionExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>The exception vector.</summary>
-    public uint Vector => MemoryMarshal.Read<uint>(_e);
+    public uint Vector => MemoryMarshal.Read<uint>(Bytes);
 
     /// <summary>The error code.</summary>
-    public uint ErrorCode => MemoryMarshal.Read<uint>(_e.Slice(4));
+    public uint ErrorCode => MemoryMarshal.Read<uint>(Bytes.Slice(4));
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary>A debug exit (<c>kvm_run.debug.arch</c>); which properties apply depends on the architecture.</summary>
 public readonly ref struct DebugExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
     private readonly KvmArchitecture _arch;
 
-    internal DebugExit(Span<byte> e, KvmArchitecture arch)
+    internal DebugExit(Vcpu vcpu, Span<byte> e, KvmArchitecture arch)
     {
-        _e = e;
+        _vcpu = vcpu;
+        _bytes = e;
         _arch = arch;
     }
 
     /// <summary>The raw <c>struct kvm_debug_exit_arch</c> bytes.</summary>
-    public ReadOnlySpan<byte> Raw => _e;
+    public ReadOnlySpan<byte> Raw => Bytes;
 
     /// <summary>x86: the exception vector (1 for #DB, 3 for #BP).</summary>
     public uint X86Exception => Get<uint>(KvmArchitecture.X86_64, 0);
@@ -257,71 +347,141 @@ public readonly ref struct DebugExit
     private T Get<T>(KvmArchitecture arch, int offset) where T : unmanaged
     {
         if (_arch != arch) throw new PlatformNotSupportedException($"This is a {_arch} debug exit, not {arch}.");
-        return MemoryMarshal.Read<T>(_e.Slice(offset));
+        return MemoryMarshal.Read<T>(Bytes.Slice(offset));
+    }
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
     }
 }
 
 /// <summary>An x86 user-space MSR exit (<c>kvm_run.msr</c>, KVM_CAP_X86_USER_SPACE_MSR).</summary>
 public readonly ref struct X86MsrExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal X86MsrExit(Span<byte> e) => _e = e;
+    internal X86MsrExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>The MSR index.</summary>
-    public uint Index => MemoryMarshal.Read<uint>(_e.Slice(12));
+    public uint Index => MemoryMarshal.Read<uint>(Bytes.Slice(12));
 
     /// <summary>Why the access exited (KVM_MSR_EXIT_REASON_* bits: 1 invalid, 2 unknown, 4 filter).</summary>
-    public uint ExitReasonFlags => MemoryMarshal.Read<uint>(_e.Slice(8));
+    public uint ExitReasonFlags => MemoryMarshal.Read<uint>(Bytes.Slice(8));
 
     /// <summary>For WRMSR the value written; for RDMSR set the value the guest reads.</summary>
-    public ref ulong Data => ref MemoryMarshal.AsRef<ulong>(_e.Slice(16, 8));
+    public ref ulong Data => ref MemoryMarshal.AsRef<ulong>(Bytes.Slice(16, 8));
 
     /// <summary>Set to 1 to make the guest's access raise #GP.</summary>
-    public ref byte Error => ref _e[0];
+    public ref byte Error => ref Bytes[0];
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary>An s390x SIE intercept (<c>kvm_run.s390_sieic</c>).</summary>
 public readonly ref struct S390SieicExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal S390SieicExit(Span<byte> e) => _e = e;
+    internal S390SieicExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>The intercept code.</summary>
-    public byte InterceptCode => _e[0];
+    public byte InterceptCode => Bytes[0];
 
     /// <summary>The first halfword of the intercepted instruction (IPA).</summary>
-    public ushort Ipa => MemoryMarshal.Read<ushort>(_e.Slice(2));
+    public ushort Ipa => MemoryMarshal.Read<ushort>(Bytes.Slice(2));
 
     /// <summary>The remaining instruction bytes (IPB).</summary>
-    public uint Ipb => MemoryMarshal.Read<uint>(_e.Slice(4));
+    public uint Ipb => MemoryMarshal.Read<uint>(Bytes.Slice(4));
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary>An s390x user-controlled VM translation fault (<c>kvm_run.s390_ucontrol</c>).</summary>
 public readonly ref struct S390UcontrolExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal S390UcontrolExit(Span<byte> e) => _e = e;
+    internal S390UcontrolExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>The translation-exception code.</summary>
-    public ulong TranslationExceptionCode => MemoryMarshal.Read<ulong>(_e);
+    public ulong TranslationExceptionCode => MemoryMarshal.Read<ulong>(Bytes);
 
     /// <summary>The program-interruption code.</summary>
-    public uint ProgramCode => MemoryMarshal.Read<uint>(_e.Slice(8));
+    public uint ProgramCode => MemoryMarshal.Read<uint>(Bytes.Slice(8));
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }
 
 /// <summary>An arm64 data abort without a valid instruction syndrome (<c>kvm_run.arm_nisv</c>).</summary>
 public readonly ref struct ArmNisvExit
 {
-    private readonly Span<byte> _e;
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
 
-    internal ArmNisvExit(Span<byte> e) => _e = e;
+    internal ArmNisvExit(Vcpu vcpu, Span<byte> e)
+    {
+        _vcpu = vcpu;
+        _bytes = e;
+    }
 
     /// <summary>ESR_EL2 with the ISS bits the kernel may expose.</summary>
-    public ulong EsrIss => MemoryMarshal.Read<ulong>(_e);
+    public ulong EsrIss => MemoryMarshal.Read<ulong>(Bytes);
 
     /// <summary>The faulting intermediate physical address.</summary>
-    public ulong FaultIpa => MemoryMarshal.Read<ulong>(_e.Slice(8));
+    public ulong FaultIpa => MemoryMarshal.Read<ulong>(Bytes.Slice(8));
+
+    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
+    private Span<byte> Bytes
+    {
+        get
+        {
+            _vcpu.ThrowIfDisposed();
+            return _bytes;
+        }
+    }
 }

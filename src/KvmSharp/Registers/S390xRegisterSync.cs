@@ -470,6 +470,7 @@ public sealed class S390xRegisterSync : IRegisterSync, IRunHooks
     {
         get
         {
+            ThrowIfReleased(); // also when cached: the cache lives in memory freed at disposal
             Fetch(S390xRegisterSets.MpState);
             return (MpState)_mpState.At<uint>(0);
         }
@@ -711,17 +712,15 @@ public sealed class S390xRegisterSync : IRegisterSync, IRunHooks
 
     private ulong GetReg(Reg r)
     {
+        ThrowIfReleased(); // also when cached: the cache lives in memory freed at disposal
         uint bit = 1u << (int)r;
-        if ((_regValid & bit) == 0)
-        {
-            ThrowIfReleased();
-            FetchRegs(bit);
-        }
+        if ((_regValid & bit) == 0) FetchRegs(bit);
         return Slot(r);
     }
 
     private void SetReg(Reg r, ulong value)
     {
+        ThrowIfReleased();
         var set = SetOf(r);
         if (IsSync(set))
         {

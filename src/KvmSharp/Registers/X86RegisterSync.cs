@@ -12,7 +12,14 @@ namespace KvmSharp.Registers;
 /// KVM_GET/SET_REGS, _SREGS and _VCPU_EVENTS. The other sets (<see cref="X86RegisterSets"/>) always
 /// move with their ioctls.
 /// </summary>
-/// <remarks>Not thread-safe: use it on the vCPU's thread, or while the vCPU is not running.</remarks>
+/// <remarks>
+/// <para>Not thread-safe: use it on the vCPU's thread, or while the vCPU is not running.</para>
+/// <para>The <c>ref</c> results (<see cref="Gprs"/>, <see cref="EditGprs"/>, <see cref="SpecialRegisters"/>,
+/// <see cref="Events"/>, …) and spans (<see cref="Xsave"/>) point into <c>kvm_run</c> or the cache's own
+/// buffer: use them before the vCPU's next <see cref="Vcpu.Run()"/>, before <see cref="UseSyncRegs"/>
+/// changes, and never after disposal (they cannot be checked; every property and method here can,
+/// and throws <see cref="ObjectDisposedException"/> then).</para>
+/// </remarks>
 public sealed class X86RegisterSync : IRegisterSync, IRunHooks
 {
     private const X86RegisterSets SyncCapable = X86RegisterSets.Gprs | X86RegisterSets.Sregs | X86RegisterSets.Events;
@@ -125,6 +132,8 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
     /// each costs the kernel a copy on every exit.
     /// </summary>
     /// <exception cref="ArgumentException">A set other than GPRs, Sregs or Events is named.</exception>
+    /// <exception cref="ObjectDisposedException">Set after the vCPU was disposed.</exception>
+    /// <exception cref="InvalidOperationException">Set while another thread owns the vCPU.</exception>
     public X86RegisterSets SyncOnExit
     {
         get => _syncOnExit;
@@ -154,7 +163,11 @@ public sealed class X86RegisterSync : IRegisterSync, IRunHooks
 
     private StructView SyncBlock => _syncBlock;
 
-    private void ApplyValidRegs() => _vcpu.RunValidRegs = _useSyncRegs ? (ulong)_syncOnExit : 0;
+    private void ApplyValidRegs()
+    {
+        _vcpu.CheckAccess(); // writes kvm_run: not after disposal, not while another thread owns the vCPU
+        _vcpu.RunValidRegs = _useSyncRegs ? (ulong)_syncOnExit : 0;
+    }
 
     // ---- bulk access -------------------------------------------------------------------------
 

@@ -612,10 +612,18 @@ internal sealed class S390xRegisterSyncTests(S390xKvm kvm) : RegisterSyncModelFi
     public void ADisposedVcpu_RefusesRegisterAccess()
     {
         var s = S;
+        _ = s.MpState;
+        _ = s.EpochDifference;
+        _ = s.CpuTimer; // all cached now: their cache is freed with the vCPU
         Cpu.Dispose();
         Assert.Throws<ObjectDisposedException>(() => _ = s.ProgramCounter);
         Assert.Throws<ObjectDisposedException>(() => s.SetGeneralRegister(0, 1));
         Assert.Throws<ObjectDisposedException>(() => s.Invalidate());
         Assert.Throws<ObjectDisposedException>(() => s.MpState = MpState.Stopped);
+        Assert.Throws<ObjectDisposedException>(() => _ = s.MpState, "cached MP state");
+        Assert.Throws<ObjectDisposedException>(() => _ = s.EpochDifference, "cached epoch difference");
+        Assert.Throws<ObjectDisposedException>(() => s.EpochDifference = 1);
+        Assert.Throws<ObjectDisposedException>(() => _ = s.CpuTimer, "cached CPU timer");
+        Assert.Throws<ObjectDisposedException>(() => s.CpuTimer = 1);
     }
 }

@@ -51,6 +51,30 @@ public class X86RegisterSyncTests(bool syncRegs) : KvmTestBase
     }
 
     [Test]
+    public void ADisposedVcpu_RefusesItsRegistersAndExitViews_InsteadOfReadingUnmappedMemory()
+    {
+        var g = Guest(Counter);
+        var x86 = g.Cpu.X86;
+        var exit = g.Cpu.Run();
+        Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Io));
+        var io = exit.Io;
+        Assert.That(x86.Rax, Is.Zero, "GPRs cached");
+        g.Dispose();
+
+        // Ref structs cannot go into lambdas: catch by hand.
+        int refused = 0;
+        try { _ = exit.Reason; } catch (ObjectDisposedException) { refused++; }
+        try { _ = exit.Io; } catch (ObjectDisposedException) { refused++; }
+        try { _ = io.Port; } catch (ObjectDisposedException) { refused++; }
+        try { _ = io.Data; } catch (ObjectDisposedException) { refused++; }
+        Assert.That(refused, Is.EqualTo(4), "the exit view and the I/O view taken before disposal");
+        Assert.Throws<ObjectDisposedException>(() => _ = x86.Rax, "a cached register");
+        Assert.Throws<ObjectDisposedException>(() => x86.Rip = 0x1000);
+        Assert.Throws<ObjectDisposedException>(() => x86.SyncOnExit = X86RegisterSets.Gprs | X86RegisterSets.Sregs, "writes kvm_run");
+        Assert.Throws<ObjectDisposedException>(() => x86.Fetch(X86RegisterSets.Xsave));
+    }
+
+    [Test]
     public void RegistersWrittenBeforeARun_AreWhatTheGuestSees()
     {
         using var g = Guest(Counter);
