@@ -127,8 +127,8 @@ internal static class PublicApiApproval
         {
             if (x < n && y < m && a[prefix + x] == b[prefix + y]) { Same(a[prefix + x]); x++; y++; continue; }
             if (same.Count > 0 || lines.Count == 0) Flush(last: false);
-            if (y < m && (x == n || lcs[x, y + 1] >= lcs[x + 1, y])) lines.Add("+" + b[prefix + y++]);
-            else lines.Add("-" + a[prefix + x++]);
+            if (x < n && (y == m || lcs[x + 1, y] >= lcs[x, y + 1])) lines.Add("-" + a[prefix + x++]);
+            else lines.Add("+" + b[prefix + y++]);
         }
         for (int k = a.Length - suffix; k < a.Length; k++) Same(a[k]);
         Flush(last: true);
