@@ -13,12 +13,15 @@ namespace KvmSharp;
 /// Created by <see cref="VirtualMachine.CreateVcpu"/>.
 /// </summary>
 /// <remarks>
-/// <para>Thread rules. One thread at a time <i>owns</i> the vCPU: the thread inside <see cref="Run()"/>
-/// (and while it uses the returned exit view), or a thread running an <see cref="Invoke"/> action.
-/// Register access from any other thread while the vCPU is owned throws
-/// <see cref="InvalidOperationException"/>; use <see cref="Invoke"/>/<see cref="InvokeAsync"/> to run code
-/// on the owning thread between runs. <see cref="RequestExit"/>, <see cref="Invoke"/>,
-/// <see cref="InvokeAsync"/> and <see cref="Dispose"/> may be called from any thread at any time.</para>
+/// <para>Thread rules (QEMU's model). One thread at a time <i>owns</i> the vCPU: the thread that calls
+/// <see cref="Run()"/> takes it and keeps it between runs — while it handles the exit and until its
+/// next run — until it calls <see cref="ReleaseOwnership"/>, its <see cref="VcpuRunner"/> loop ends, or
+/// the thread ends. Register access and <see cref="Run()"/> from any other thread while the vCPU is
+/// owned throw <see cref="InvalidOperationException"/>; <see cref="Invoke"/>/<see cref="InvokeAsync"/>
+/// run code on the owning thread at its next entry (kicking it if it is in the guest), never in the
+/// middle of its exit handling; on a vCPU no thread owns they run on the calling thread.
+/// <see cref="RequestExit"/>, <see cref="Invoke"/>, <see cref="InvokeAsync"/> and <see cref="Dispose"/>
+/// may be called from any thread at any time.</para>
 /// <para>Kicking: <see cref="RequestExit"/> sets <c>kvm_run.immediate_exit</c> and sends the running
 /// thread the kick signal (<see cref="KickSignal"/>, by default SIGRTMAX-2), which every thread that
 /// runs a vCPU keeps blocked in user space and KVM_SET_SIGNAL_MASK unblocks inside KVM_RUN. No
@@ -55,10 +58,13 @@ public sealed class Vcpu : IDisposable
     private int _kickers;    // threads inside Kick; Dispose waits for them before unmapping kvm_run
     private int _exitRequested;
     private int _invokeCount;
-    private int _holdDepth;  // touched only by the owning thread
+    private int _holdDepth;  // run loops (VcpuRunner) in progress on the owning thread; touched only by it
+    private int _invokeDepth; // Invoke queues being served inline by the thread that took the vCPU for them
+    private OwnerInfo? _ownerInfo; // who took the vCPU last (slow paths only): to tell a dead owner from a busy one
     private bool _signalMaskSet;
     private bool _fastPath; // Run's inlined path applies: x86, no dirty ring, signal mask set
     private int _disposing;
+    private int _disposerTid; // the thread inside Dispose (it owns the vCPU for the teardown)
     private bool _disposed;
 
     internal Vcpu(VirtualMachine vm, int id, KvmFdHandle fd, MappedMemoryHandle run, DirtyRing? dirtyRing = null)
@@ -130,13 +136,60 @@ public sealed class Vcpu : IDisposable
 
     private static long OwnedRunning(int tid) => (uint)tid | RunningFlag;
 
-    /// <summary>True when a thread other than the caller owns the vCPU (running it, holding it in a run loop, or in an Invoke action).</summary>
+    /// <summary>
+    /// True when a live thread other than the caller owns the vCPU (it ran it last and has not released
+    /// it, or is in an Invoke action). An owner whose thread has ended does not count: the next taker
+    /// takes the vCPU over.
+    /// </summary>
     internal bool IsOwnedByAnotherThread
     {
         get
         {
-            int owner = Owner(Volatile.Read(ref _state));
-            return owner != 0 && owner != KickSignal.CurrentThreadIdIfKnown;
+            long state = Volatile.Read(ref _state);
+            int owner = Owner(state);
+            return owner != 0 && owner != KickSignal.CurrentThreadIdIfKnown && !OwnerIsGone(state);
+        }
+    }
+
+    /// <summary>The thread that took the vCPU, recorded when it took it, so that a dead owner can be recognised.</summary>
+    private sealed class OwnerInfo(int tid, Thread thread)
+    {
+        public readonly int Tid = tid;
+        public readonly Thread Thread = thread;
+
+        [ThreadStatic] private static OwnerInfo? t_self;
+
+        /// <summary>The calling thread's record (one per thread, created once).</summary>
+        public static OwnerInfo Current(int tid) => t_self is { } self && self.Tid == tid ? self : t_self = new OwnerInfo(tid, Thread.CurrentThread);
+    }
+
+    /// <summary>
+    /// Whether <paramref name="state"/> names an owner whose thread has ended without releasing the vCPU
+    /// (e.g. a thread that ran it and returned): such a vCPU may be taken over with a CAS from that state.
+    /// </summary>
+    private bool OwnerIsGone(long state)
+    {
+        if (state == 0 || state == DisposedState || (state & RunningFlag) != 0) return false;
+        return Volatile.Read(ref _ownerInfo) is { } info && info.Tid == Owner(state) && !info.Thread.IsAlive;
+    }
+
+    /// <summary>
+    /// Makes the calling thread the owner: keeps it if the thread owns the vCPU already, takes it if
+    /// it is free or its owner's thread has ended; throws if another live thread owns it or it is
+    /// disposed. Slow paths only (records the owner).
+    /// </summary>
+    private void Acquire(int me)
+    {
+        while (true)
+        {
+            long state = Volatile.Read(ref _state);
+            if (state == Owned(me)) return;
+            if ((state == 0 || OwnerIsGone(state)) && Interlocked.CompareExchange(ref _state, Owned(me), state) == state)
+            {
+                Volatile.Write(ref _ownerInfo, OwnerInfo.Current(me));
+                return;
+            }
+            if (state != 0 && !OwnerIsGone(state)) ThrowOwned(me);
         }
     }
 
@@ -209,23 +262,38 @@ public sealed class Vcpu : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void CheckAccess()
     {
-        // PERF: two field reads inline; the thread's id (a thread-static read) is needed only while
-        // someone owns the vCPU, and then the check is out of line.
-        if (_disposed || Volatile.Read(ref _state) != 0) CheckAccessSlow();
+        // PERF: one field and one thread-static read inline. Free (0) or owned by this thread passes;
+        // a disposed vCPU is never either (DisposedState), nor is one being disposed by another thread.
+        long state = Volatile.Read(ref _state);
+        if (state != 0 && state != Owned(KickSignal.PreparedThreadId)) CheckAccessSlow();
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void CheckAccessSlow()
     {
         if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-        int owner = Owner(Volatile.Read(ref _state));
-        if (owner != 0 && owner != KickSignal.CurrentThreadIdIfKnown) ThrowWrongThread(owner);
+        long state = Volatile.Read(ref _state);
+        int me = KickSignal.CurrentThreadIdIfKnown;
+        if (Owner(state) == me && me != 0)
+        {
+            // The owner, between runs: a Dispose on another thread waits for this thread to let go.
+            if (Volatile.Read(ref _disposing) != 0 && Volatile.Read(ref _disposerTid) != me) ThrowDisposedReleasing(me);
+            return;
+        }
+        if (state == 0) return;
+        if (OwnerIsGone(state))
+        {
+            Acquire(KickSignal.CurrentThreadId); // the owner's thread has ended: this one takes over
+            return;
+        }
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        ThrowWrongThread(Owner(state));
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ThrowWrongThread(int owner) =>
         throw new InvalidOperationException(
-            $"vCPU {Id} is owned by thread {owner} (OS thread id; running or in an Invoke); access its registers from that thread, or through Vcpu.Invoke/InvokeAsync.");
+            $"vCPU {Id} is owned by thread {owner} (OS thread id), which ran it last (or is in an Invoke action); access its registers from that thread, through Vcpu.Invoke/InvokeAsync, or after that thread calls Vcpu.ReleaseOwnership.");
 
     internal ref ulong RunValidRegs => ref _syncHeader.At<ulong>(0);
 
@@ -309,67 +377,80 @@ public sealed class Vcpu : IDisposable
         // inlined block cold from calls made during warm-up (first runs take RunSlow) — with such
         // a profile it sometimes left the P/Invoke out of line, ~70 ns per exit.
         int me = KickSignal.PreparedThreadId;
-        if (me != 0 && CanRunFast && Interlocked.CompareExchange(ref _state, OwnedRunning(me), 0) == 0)
+        if (me != 0 && Volatile.Read(ref _state) == Owned(me) && CanRunFast)
         {
-            // Owned, and published to kickers (the CAS is a full barrier: a RequestExit either sees
-            // this thread or its request is seen below).
+            // This thread owns the vCPU from its last run. Publish it to kickers (a full barrier: a
+            // RequestExit either sees this thread or its request is seen below); only this thread
+            // changes an owned state, except Dispose's terminal write after it took the vCPU.
+            Interlocked.Exchange(ref _state, OwnedRunning(me));
             var x86 = _x86Hooks!;
             x86.FlushInline(_runAddress);
             int r = EnterKvmRun();
+            Volatile.Write(ref _state, Owned(me));
             x86.AfterRun(r, _runAddress);
-            if (r < 0) return RunOwned(me, held: false, r);
-            Release(OwnedRunning(me));
+            if (r < 0) return RunOwned(me, r);
             return new VcpuExit(this, RunPage, KvmArchitecture.X86_64);
         }
         return RunSlow();
     }
 
     /// <summary>
-    /// Whether <see cref="Run()"/> takes its inlined path (given a thread that has run a vCPU and a
-    /// free vCPU): an x86 vCPU without a dirty ring that has run once (its signal mask is set),
-    /// not held by a run loop, no Invoke queued, not being disposed, and a register write-back
-    /// that needs no ioctl.
+    /// Whether <see cref="Run()"/> takes its inlined path (given the thread that owns the vCPU): an
+    /// x86 vCPU without a dirty ring that has run once (its signal mask is set), no Invoke queued, not
+    /// being disposed, and a register write-back that needs no ioctl. Run loops get it too.
     /// </summary>
     internal bool CanRunFast
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => _fastPath && (_holdDepth | Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) == 0 && _x86Hooks!.CanFlushInline;
+        get => _fastPath && (Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) == 0 && _x86Hooks!.CanFlushInline;
     }
 
     /// <summary>Every case of <see cref="Run()"/> the inlined fast path does not take.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private VcpuExit RunSlow()
     {
-        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
         // The OS thread id identifies the owner and is where kicks go.
         int me = KickSignal.PrepareCurrentThread();
-        // A run loop (VcpuRunner) holds the vCPU between runs; otherwise take it. The thread is
-        // published to kickers only around each KVM_RUN (RunOwned).
-        bool held = _holdDepth > 0 && Owner(Volatile.Read(ref _state)) == me;
-        if (!held && Interlocked.CompareExchange(ref _state, Owned(me), 0) != 0) ThrowOwned(me);
-        return RunOwned(me, held, 0, entered: false);
+        if (Volatile.Read(ref _disposing) != 0)
+        {
+            // Another thread's Dispose waits for the owner to let go: do, and say why.
+            if (Owner(Volatile.Read(ref _state)) == me) ThrowDisposedReleasing(me);
+            ThrowHelper.ThrowObjectDisposed(this);
+        }
+        // Take the vCPU (free, or its owner's thread ended) or keep it: it stays this thread's after
+        // the run. The thread is published to kickers only around each KVM_RUN (RunOwned).
+        Acquire(me);
+        return RunOwned(me, 0, entered: false);
+    }
+
+    /// <summary>
+    /// The owner lets go of a vCPU that another thread is disposing (that Dispose waits for it) and
+    /// throws <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowDisposedReleasing(int me)
+    {
+        if (Interlocked.CompareExchange(ref _state, 0, Owned(me)) != Owned(me))
+            Interlocked.CompareExchange(ref _state, 0, OwnedRunning(me));
+        ThrowHelper.ThrowObjectDisposed(this);
     }
 
     /// <summary>
     /// The general run loop, entered owning the vCPU: either before the first KVM_RUN
     /// (<paramref name="entered"/> false) or with the result <paramref name="r"/> of one the fast
-    /// path made (its thread still published). The thread is published to kickers only around each
-    /// KVM_RUN, so a kick during the rest (Invoke actions, ioctls, draining) costs no signal. Releases
-    /// the vCPU (or, if <paramref name="held"/>, keeps holding it) on the way out.
+    /// path made. The thread is published to kickers only around each KVM_RUN, so a kick during the
+    /// rest (Invoke actions, ioctls, draining) costs no signal. The vCPU stays owned by this thread
+    /// on the way out — unless another thread is disposing it, which this thread then lets do.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)] // rare: keep it out of the callers Run is inlined into
-    private VcpuExit RunOwned(int me, bool held, int r, bool entered = true)
+    private VcpuExit RunOwned(int me, int r, bool entered = true)
     {
         try
         {
             var run = RunPage;
-            if (entered)
+            if (!entered)
             {
-                Volatile.Write(ref _state, Owned(me));
-            }
-            else
-            {
-                if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+                if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(me);
                 if (!_signalMaskSet || Volatile.Read(ref _invokeCount) != 0) BeforeFirstEntry();
             }
             while (true)
@@ -396,9 +477,8 @@ public sealed class Vcpu : IDisposable
             // A kicker that saw the thread just before it was withdrawn may still send its signal:
             // harmless, it stays pending (blocked) until a later run drains it, and if this thread
             // ended and its tid were reused, the process-wide SIG_IGN discards it (see KickSignal).
-            // Owned, not running (an exception may have left the flag set), then released unless held.
+            // Owned, not running (an exception may have left the flag set).
             Interlocked.CompareExchange(ref _state, Owned(me), OwnedRunning(me));
-            if (!held) Release(Owned(me));
         }
     }
 
@@ -430,8 +510,9 @@ public sealed class Vcpu : IDisposable
     {
         if (Volatile.Read(ref _invokeCount) == 0) return;
         RunInvokes();
-        // An action may have disposed the vCPU: touch nothing of it any more.
-        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        // An action may have disposed the vCPU (touch nothing of it any more), or another thread is
+        // disposing it and waits for this thread to let go.
+        if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(KickSignal.CurrentThreadId);
     }
 
     /// <summary>
@@ -459,9 +540,9 @@ public sealed class Vcpu : IDisposable
             RunQueuedInvokes();
             return false;
         }
-        // A Dispose on another thread kicked this run: it has no exit to report, and kvm_run is about
-        // to be unmapped (once the caller's finally releases the vCPU), so no view of it is returned.
-        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        // A Dispose on another thread kicked this run and waits for this thread to let go: it has no
+        // exit to report, and kvm_run is about to be unmapped, so no view of it is returned.
+        if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(KickSignal.CurrentThreadId);
         var run = RunPage;
         run[KvmRunPage.ImmediateExit] = 0;
         // KVM leaves exit_reason stale on EINTR; report the interruption itself.
@@ -470,27 +551,28 @@ public sealed class Vcpu : IDisposable
     }
 
     /// <summary>
-    /// Keeps the vCPU owned by the calling thread between runs, until <see cref="Unhold"/>: used by run
-    /// loops, so that another thread's <see cref="Invoke"/> waits for the loop's next run (and runs on
-    /// its thread) instead of taking the vCPU in the middle of an exit's handling.
+    /// Starts a run loop (<see cref="VcpuRunner"/>) on the calling thread: takes the vCPU (or keeps it)
+    /// until the matching <see cref="Unhold"/>, where the outermost loop's end releases it.
     /// </summary>
     internal void Hold()
     {
         int me = KickSignal.CurrentThreadId;
         if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
-        if (_holdDepth > 0 && Owner(Volatile.Read(ref _state)) == me)
-        {
-            _holdDepth++;
-            return;
-        }
-        if (Interlocked.CompareExchange(ref _state, Owned(me), 0) != 0) ThrowOwned(me);
-        _holdDepth = 1;
+        Acquire(me);
+        _holdDepth++;
     }
 
-    /// <summary>Ends a <see cref="Hold"/>; the last one releases the vCPU (serving queued Invoke actions).</summary>
+    /// <summary>Ends a <see cref="Hold"/>; the outermost loop's end releases the vCPU (serving queued Invoke actions).</summary>
     internal void Unhold()
     {
-        if (--_holdDepth == 0) Release(Owned(KickSignal.CurrentThreadId));
+        int me = KickSignal.CurrentThreadId;
+        if (Owner(Volatile.Read(ref _state)) != me)
+        {
+            // Disposed meanwhile (by this thread, or another thread took over after this one let go).
+            _holdDepth = 0;
+            ThrowHelper.ThrowObjectDisposed(this);
+        }
+        if (--_holdDepth == 0) Release(Owned(me));
     }
 
     /// <summary>
@@ -509,6 +591,7 @@ public sealed class Vcpu : IDisposable
         ArgumentOutOfRangeException.ThrowIfGreaterThan(timeout, MaxTimerWait);
         // Refuse before touching the shared timer: another thread's run must keep its own deadline.
         if (IsOwnedByAnotherThread) ThrowOwned(KickSignal.CurrentThreadId);
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
         var timer = _timer ??= new Timer(static s => ((Vcpu)s!).OnTimer(), this, Timeout.Infinite, Timeout.Infinite);
         lock (_timerLock)
         {
@@ -640,7 +723,8 @@ public sealed class Vcpu : IDisposable
         int owner = Owner(Volatile.Read(ref _state));
         if (owner == me)
             throw new InvalidOperationException($"vCPU {Id} is already owned by this thread (Run called from inside an Invoke action or recursively).");
-        throw new InvalidOperationException($"vCPU {Id} is being run by thread {owner} (OS thread id); one thread runs a vCPU at a time.");
+        throw new InvalidOperationException(
+            $"vCPU {Id} is owned by thread {owner} (OS thread id), which ran it last; one thread runs a vCPU at a time. Run it from that thread, or have that thread call Vcpu.ReleaseOwnership first.");
     }
 
     /// <summary>
@@ -666,12 +750,14 @@ public sealed class Vcpu : IDisposable
                && Interlocked.CompareExchange(ref _state, me, 0) == 0)
         {
             served = true;
+            _invokeDepth++;
             try
             {
                 RunInvokes();
             }
             finally
             {
+                _invokeDepth--;
                 Interlocked.CompareExchange(ref _state, 0, me);
             }
         }
@@ -680,13 +766,36 @@ public sealed class Vcpu : IDisposable
         if (served && Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
     }
 
+    /// <summary>
+    /// Gives up the calling thread's ownership of the vCPU. The thread that calls <see cref="Run()"/>
+    /// owns the vCPU from then on — between runs too, while it handles the exit — so that
+    /// <see cref="Invoke"/> from other threads waits for its next run instead of cutting in. A thread
+    /// that will not run the vCPU again (a thread-pool thread whose work item ends, a loop that hands
+    /// the vCPU to another thread) calls this; it is not needed at the end of a
+    /// <see cref="VcpuRunner"/> loop, after a thread ends, or before <see cref="Dispose"/> on the same
+    /// thread. Queued <see cref="Invoke"/> actions run here before it returns. No effect when the
+    /// calling thread does not own the vCPU.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Called inside a <see cref="VcpuRunner"/> loop or an Invoke action.</exception>
+    public void ReleaseOwnership()
+    {
+        int me = KickSignal.CurrentThreadIdIfKnown;
+        if (me == 0 || Owner(Volatile.Read(ref _state)) != me) return;
+        if (_holdDepth > 0 || _invokeDepth > 0)
+            throw new InvalidOperationException($"vCPU {Id}: ReleaseOwnership inside a run loop or an Invoke action; it is released when they end.");
+        Release(Owned(me));
+    }
+
     // ---- Invoke --------------------------------------------------------------------------------
 
     /// <summary>
-    /// Runs <paramref name="action"/> on the thread that owns the vCPU, between two runs (QEMU's
-    /// <c>run_on_cpu</c>): if the vCPU is running, it is kicked out of KVM_RUN, the action runs on its
-    /// thread, and the guest resumes (the run does not return for this). If no thread owns the vCPU,
-    /// the action runs on the calling thread. Waits for the action; rethrows its exception.
+    /// Runs <paramref name="action"/> on the thread that owns the vCPU, at its next entry into the
+    /// guest (QEMU's <c>run_on_cpu</c>): a running vCPU is kicked out of KVM_RUN, the action runs on its
+    /// thread, and the guest resumes (the run does not return for this); an owner between two runs —
+    /// handling an exit — runs it when it next calls <see cref="Run()"/>, never in the middle of its
+    /// handler. If no thread owns the vCPU (or its owner's thread has ended), the action runs on the
+    /// calling thread. Waits for the action; rethrows its exception. An owner that will not run the
+    /// vCPU again must <see cref="ReleaseOwnership"/>, or this waits for it.
     /// </summary>
     /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
     public void Invoke(Action<Vcpu> action)
@@ -694,6 +803,7 @@ public sealed class Vcpu : IDisposable
         ArgumentNullException.ThrowIfNull(action);
         if (Owner(Volatile.Read(ref _state)) == KickSignal.CurrentThreadId)
         {
+            if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
             action(this); // already on the owning thread (e.g. from an exit handler or another action)
             return;
         }
@@ -725,21 +835,27 @@ public sealed class Vcpu : IDisposable
             return;
         }
         long me = Owned(KickSignal.CurrentThreadId);
-        if (Interlocked.CompareExchange(ref _state, me, 0) == 0)
+        long state = Volatile.Read(ref _state);
+        if ((state == 0 || OwnerIsGone(state)) && Interlocked.CompareExchange(ref _state, me, state) == state)
         {
-            // Nobody owns the vCPU: serve the queue here.
+            // Nobody owns the vCPU (or its owner's thread has ended): serve the queue here, then let go.
+            _invokeDepth++;
             try
             {
                 RunInvokes();
             }
             finally
             {
+                _invokeDepth--;
                 Release(me);
             }
         }
         else
         {
-            Kick(); // the owner runs the queue between runs, or when it releases the vCPU
+            // The owner runs the queue at its next entry, or when it releases the vCPU. A kick in
+            // the window where it released meanwhile reaches nobody: serve the queue then.
+            Kick();
+            if (Volatile.Read(ref _state) == 0) ServeInvokesAfterRelease();
         }
     }
 
@@ -858,13 +974,19 @@ public sealed class Vcpu : IDisposable
     }
 
     /// <summary>
-    /// Releases the vCPU: if another thread is running it, kicks it and waits until its run has
-    /// returned, so no fd is closed under a running ioctl; then unmaps <c>kvm_run</c>, closes the fd
-    /// and removes the vCPU from its VM. The interrupted run throws <see cref="ObjectDisposedException"/>
-    /// on its thread, as does every later use; a disposed vCPU can never be entered again. Pending
-    /// Invoke actions fail with <see cref="ObjectDisposedException"/>.
-    /// Idempotent; callable from any thread.
+    /// Releases the vCPU: unmaps <c>kvm_run</c>, closes the fd and removes the vCPU from its VM.
+    /// Idempotent; callable from any thread. A disposed vCPU can never be entered again; every later
+    /// use throws <see cref="ObjectDisposedException"/>, and pending Invoke actions fail with it.
     /// </summary>
+    /// <remarks>
+    /// If another thread owns the vCPU, it is served like <see cref="Invoke"/>: a running vCPU is
+    /// kicked, and this call waits until the owner lets go — its interrupted run, or its next
+    /// <see cref="Run()"/> or register access, throws <see cref="ObjectDisposedException"/> on its
+    /// thread — so nothing is unmapped or closed while the owner may still use an exit view or an
+    /// ioctl. An owner that ended, or called <see cref="ReleaseOwnership"/>, is not waited for. So do
+    /// not dispose, from another thread, a vCPU whose owner thread lives on without running it again
+    /// (release it there first).
+    /// </remarks>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposing, 1) != 0)
@@ -873,12 +995,19 @@ public sealed class Vcpu : IDisposable
             return;
         }
         int me = KickSignal.CurrentThreadId;
+        Volatile.Write(ref _disposerTid, me);
         bool ownedByMe = Owner(Volatile.Read(ref _state)) == me;
         if (!ownedByMe)
         {
+            // Another thread owns the vCPU (running it, or between runs: handling an exit, whose views
+            // must stay mapped): kick it and wait until it lets go — at its next Run or register
+            // access, which then throw ObjectDisposedException, at ReleaseOwnership, or when its
+            // thread has ended.
             var spin = new SpinWait();
-            while (Interlocked.CompareExchange(ref _state, Owned(me), 0) != 0)
+            while (true)
             {
+                long state = Volatile.Read(ref _state);
+                if ((state == 0 || OwnerIsGone(state)) && Interlocked.CompareExchange(ref _state, Owned(me), state) == state) break;
                 KickUnchecked(); // the mapping is alive: only this thread unmaps it, below
                 spin.SpinOnce(sleep1Threshold: 20);
             }

@@ -90,12 +90,21 @@ public sealed class VcpuThread : IDisposable
         }
     }
 
-    /// <summary>Kicks the vCPU and waits until its thread is parked outside KVM_RUN (or has finished). Idempotent.</summary>
+    /// <summary>
+    /// Kicks the vCPU and waits until its thread is parked outside KVM_RUN (or has finished). Idempotent.
+    /// Called on the vCPU's own thread (by a device handler), it only asks: the loop parks when the
+    /// handler returns.
+    /// </summary>
     public void Pause()
     {
         lock (_lock)
         {
             _pauseRequested = true;
+            if (Thread.CurrentThread == _thread)
+            {
+                Vcpu.RequestExit(); // the loop's next entry returns, and Main parks
+                return;
+            }
             while (!_paused)
             {
                 Vcpu.RequestExit();
@@ -134,13 +143,21 @@ public sealed class VcpuThread : IDisposable
         foreach (var t in threads) t.Resume();
     }
 
-    /// <summary>Stops the loop (kicking the vCPU) and waits for the thread to end.</summary>
+    /// <summary>
+    /// Stops the loop (kicking the vCPU) and waits for the thread to end. Called on the vCPU's own
+    /// thread (by a device handler), it only asks: the loop ends when the handler returns.
+    /// </summary>
     public void Stop()
     {
         lock (_lock)
         {
             _stopRequested = true;
             Monitor.PulseAll(_lock);
+        }
+        if (Thread.CurrentThread == _thread)
+        {
+            Vcpu.RequestExit();
+            return;
         }
         while (!_thread.Join(10)) Vcpu.RequestExit();
     }

@@ -177,7 +177,7 @@ public class X86RegisterSyncTests(bool syncRegs) : KvmTestBase
         Assert.That(_kernel.Count(KvmIoctls.X86.KVM_SET_XCRS), Is.EqualTo(1), "the slow path wrote it back");
         Assert.That(cpu.CanRunFast, Is.True);
         cpu.Hold();
-        Assert.That(cpu.CanRunFast, Is.False, "held by a run loop");
+        Assert.That(cpu.CanRunFast, Is.True, "a run loop (VcpuRunner) takes the inlined path too");
         cpu.Unhold();
         Assert.That(cpu.CanRunFast, Is.True);
     }

@@ -1,0 +1,217 @@
+using KvmSharp.Devices;
+using KvmSharp.Tests.Guests;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace KvmSharp.Tests;
+
+/// <summary>
+/// Sticky vCPU ownership (QEMU's model): the thread that runs a vCPU owns it between runs; Invoke
+/// from other threads runs on it at its next entry; Dispose from another thread is served the same
+/// way; a dead owner is taken over; <see cref="Vcpu.ReleaseOwnership"/> lets go. On the real KVM.
+/// </summary>
+public class OwnershipTests : KvmTestBase
+{
+    private const ushort Port = 0x70;
+
+    /// <summary>A guest that counts in memory at <see cref="TestGuest.DataAddress"/> and exits with an OUT on every turn.</summary>
+    private TestGuest CountingOuts() => TestGuest.LongMode(Kvm, a =>
+    {
+        var loop = a.CreateLabel();
+        a.mov(dx, Port);
+        a.Label(ref loop);
+        a.inc(__qword_ptr[TestGuest.DataAddress]);
+        a.@out(dx, al);
+        a.jmp(loop);
+    });
+
+    private static Thread Start(Action body)
+    {
+        var t = new Thread(() => body()) { IsBackground = true };
+        t.Start();
+        return t;
+    }
+
+    [Test]
+    public void APlainRunLoop_ServesInvokesFromTwoThreads_OnItsOwnThread()
+    {
+        const int PerThread = 5_000;
+        using var g = CountingOuts();
+        var cpu = g.Cpu;
+        int loopThread = 0, served = 0, elsewhere = 0;
+        Exception? loopError = null;
+        var stop = false;
+        var loop = Start(() =>
+        {
+            loopThread = Environment.CurrentManagedThreadId;
+            try
+            {
+                while (!Volatile.Read(ref stop))
+                {
+                    var exit = cpu.Run();
+                    // Handle the exit touching registers, as a device would: an Invoke must never cut in here.
+                    if (exit.Reason == VcpuExitReason.Io) cpu.X86.Rbx = cpu.X86.Rbx + 1;
+                }
+            }
+            catch (Exception e)
+            {
+                loopError = e;
+            }
+        });
+        Wait.Until(() => g.Ram.Read<ulong>(TestGuest.DataAddress) > 0, "the loop runs the guest");
+        Exception? invokeError = null;
+        var invokers = Enumerable.Range(0, 2).Select(n => Start(() =>
+        {
+            try
+            {
+                for (int i = 0; i < PerThread; i++)
+                {
+                    cpu.Invoke(v =>
+                    {
+                        if (Environment.CurrentManagedThreadId != loopThread) Interlocked.Increment(ref elsewhere);
+                        _ = v.X86.Rax; // registers are the owner's: this runs on its thread
+                        served++;        // only the loop thread runs actions: no race
+                    });
+                }
+            }
+            catch (Exception e)
+            {
+                invokeError = e;
+            }
+        })).ToArray();
+        foreach (var t in invokers) Wait.Join(t, "an invoking thread");
+        ulong counted = g.Ram.Read<ulong>(TestGuest.DataAddress);
+        Volatile.Write(ref stop, true);
+        cpu.RequestExit();
+        Wait.Join(loop, "the run loop after stop");
+
+        Assert.That(invokeError, Is.Null, "Invoke from another thread");
+        Assert.That(loopError, Is.Null, "the plain Run loop (no 'owned by another thread')");
+        Assert.That(served, Is.EqualTo(2 * PerThread));
+        Assert.That(elsewhere, Is.Zero, "every action ran on the loop's thread");
+        Assert.That(counted, Is.GreaterThan(100UL), "the guest made progress meanwhile");
+    }
+
+    [Test]
+    public void DisposingTheVmAtRandomMoments_EndsAPlainLoopWithObjectDisposed([Values(1, 2)] int seed)
+    {
+        const int rounds = 500; // per seed: 1 000 in all, in two tests so that each stays well inside the watchdog's limit
+        var random = new Random(seed);
+        var outcomes = new Dictionary<string, int>();
+        for (int round = 0; round < rounds; round++)
+        {
+            var g = CountingOuts();
+            var cpu = g.Cpu;
+            Exception? error = null;
+            long exits = 0;
+            var loop = Start(() =>
+            {
+                try
+                {
+                    while (true)
+                    {
+                        var exit = cpu.Run();
+                        if (exit.Reason != VcpuExitReason.Io) throw new InvalidOperationException($"unexpected exit {exit.Reason}");
+                        if (exit.Io.Port != Port) throw new InvalidOperationException($"unexpected port {exit.Io.Port}");
+                        exits++;
+                    }
+                }
+                catch (Exception e)
+                {
+                    error = e;
+                }
+            });
+            // A random moment: right away, while entering, or after some exits.
+            int wait = random.Next(4);
+            if (wait == 1) Thread.Yield();
+            else if (wait >= 2) Wait.Until(() => Volatile.Read(ref exits) >= random.Next(1, 20), "some exits");
+            Wait.For(g.Dispose, $"round {round}: disposing the VM while its vCPU loops on another thread");
+            Wait.Join(loop, $"round {round}: the loop after the VM's disposal");
+            Assert.That(error, Is.InstanceOf<ObjectDisposedException>(), $"round {round}: how the loop ended ({error})");
+            Assert.That(cpu.IsDisposed, Is.True);
+            outcomes[wait.ToString()] = outcomes.GetValueOrDefault(wait.ToString()) + 1;
+        }
+        Assert.That(outcomes.Values.Sum(), Is.EqualTo(rounds));
+    }
+
+    [Test]
+    public void AnotherLiveThread_CannotRunOrReadTheOwnersVcpu_UntilItReleasesOwnership()
+    {
+        using var g = CountingOuts();
+        var cpu = g.Cpu;
+        using var ran = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        using var released = new ManualResetEventSlim();
+        using var done = new ManualResetEventSlim();
+        var owner = Start(() =>
+        {
+            cpu.Run();
+            ran.Set();
+            release.Wait();
+            cpu.ReleaseOwnership();
+            released.Set();
+            done.Wait(); // alive, but no longer the owner
+        });
+        Assert.That(ran.Wait(Wait.Bound), Is.True);
+        var ex = Assert.Throws<InvalidOperationException>(() => cpu.Run());
+        Assert.That(ex!.Message, Does.Contain("ReleaseOwnership"));
+        Assert.Throws<InvalidOperationException>(() => _ = cpu.X86.Rax);
+        release.Set();
+        Assert.That(released.Wait(Wait.Bound), Is.True);
+        Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io), "free again: this thread takes it");
+        Assert.That(cpu.X86.Rip, Is.Not.Zero);
+        done.Set();
+        Wait.Join(owner, "the former owner");
+    }
+
+    [Test]
+    public void AnOwnerWhoseThreadEnded_IsTakenOver()
+    {
+        using var g = CountingOuts();
+        var cpu = g.Cpu;
+        var owner = Start(() => cpu.Run());
+        Wait.Join(owner, "the owning thread");
+        Assert.That(cpu.X86.Rip, Is.Not.Zero, "registers: the dead owner is taken over");
+        Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io));
+        // This thread owns it now: another thread's Invoke waits for this thread's next entry.
+        int ranOn = 0;
+        var invoker = Start(() => cpu.Invoke(_ => ranOn = Environment.CurrentManagedThreadId));
+        var deadline = DateTime.UtcNow + Wait.Bound;
+        while (!invoker.Join(0) && DateTime.UtcNow < deadline) cpu.Run();
+        Wait.Join(invoker, "an Invoke served by the owner's runs");
+        Assert.That(ranOn, Is.EqualTo(Environment.CurrentManagedThreadId), "run by the owner at its next entry");
+    }
+
+    [Test]
+    public void PauseAndStop_FromTheVcpusOwnThread_DoNotDeadlock()
+    {
+        using var g = CountingOuts();
+        var bus = new IoBus();
+        VcpuThread? thread = null;
+        int outs = 0;
+        var device = new ActionDevice(() =>
+        {
+            int n = Interlocked.Increment(ref outs);
+            if (n == 5) thread!.Pause();  // from the vCPU's own thread, inside the loop
+            if (n == 10) thread!.Stop();
+        });
+        bus.MapPorts(Port, 1, device);
+        using (thread = new VcpuThread(g.Cpu, bus))
+        {
+            Wait.Until(() => thread.IsPaused, "the loop parked after the handler's Pause");
+            int atPause = Volatile.Read(ref outs);
+            Assert.That(atPause, Is.GreaterThanOrEqualTo(5));
+            thread.Resume();
+            Assert.That(thread.Completion.Wait(Wait.Bound), Is.True, "the loop ended after the handler's Stop");
+            Assert.That(thread.Completion.Result.Reason, Is.EqualTo(RunStopReason.StopRequested));
+            Assert.That(Volatile.Read(ref outs), Is.GreaterThanOrEqualTo(10));
+        }
+    }
+
+    /// <summary>A port that calls an action on every write.</summary>
+    private sealed class ActionDevice(Action onWrite) : IIoDevice
+    {
+        public void Read(IoContext context, ulong offset, Span<byte> data) => data.Clear();
+
+        public void Write(IoContext context, ulong offset, ReadOnlySpan<byte> data) => onWrite();
+    }
+}
