@@ -73,7 +73,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Io);
-            return new IoExit(_vcpu, _bytes, _u);
+            return new IoExit(new RunBytes(_vcpu, _bytes), _u);
         }
     }
 
@@ -84,7 +84,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Mmio);
-            return new MmioExit(_vcpu, _bytes.Slice(_u, 24));
+            return new MmioExit(new RunBytes(_vcpu, _bytes).Slice(_u, 24));
         }
     }
 
@@ -95,7 +95,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.SystemEvent);
-            return new SystemEventExit(_vcpu, _bytes.Slice(_u, 136));
+            return new SystemEventExit(new RunBytes(_vcpu, _bytes).Slice(_u, 136));
         }
     }
 
@@ -106,7 +106,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.InternalError);
-            return new InternalErrorExit(_vcpu, _bytes.Slice(_u, 136));
+            return new InternalErrorExit(new RunBytes(_vcpu, _bytes).Slice(_u, 136));
         }
     }
 
@@ -117,7 +117,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.FailEntry);
-            return new FailEntryExit(_vcpu, _bytes.Slice(_u, 16));
+            return new FailEntryExit(new RunBytes(_vcpu, _bytes).Slice(_u, 16));
         }
     }
 
@@ -128,7 +128,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Exception);
-            return new ExceptionExit(_vcpu, _bytes.Slice(_u, 8));
+            return new ExceptionExit(new RunBytes(_vcpu, _bytes).Slice(_u, 8));
         }
     }
 
@@ -139,7 +139,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Debug);
-            return new DebugExit(_vcpu, _bytes.Slice(_u, 32), _arch);
+            return new DebugExit(new RunBytes(_vcpu, _bytes).Slice(_u, 32), _arch);
         }
     }
 
@@ -151,7 +151,7 @@ public readonly ref struct VcpuExit
         {
             var r = Reason;
             if (r != VcpuExitReason.X86Rdmsr && r != VcpuExitReason.X86Wrmsr) ThrowWrongKind(RawReason, "X86Rdmsr or X86Wrmsr");
-            return new X86MsrExit(_vcpu, _bytes.Slice(_u, 24));
+            return new X86MsrExit(new RunBytes(_vcpu, _bytes).Slice(_u, 24));
         }
     }
 
@@ -162,7 +162,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Sieic);
-            return new S390SieicExit(_vcpu, _bytes.Slice(_u, 8));
+            return new S390SieicExit(new RunBytes(_vcpu, _bytes).Slice(_u, 8));
         }
     }
 
@@ -173,7 +173,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Ucontrol);
-            return new S390UcontrolExit(_vcpu, _bytes.Slice(_u, 16));
+            return new S390UcontrolExit(new RunBytes(_vcpu, _bytes).Slice(_u, 16));
         }
     }
 
@@ -184,7 +184,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.ArmNisv);
-            return new ArmNisvExit(_vcpu, _bytes.Slice(_u, 16));
+            return new ArmNisvExit(new RunBytes(_vcpu, _bytes).Slice(_u, 16));
         }
     }
 

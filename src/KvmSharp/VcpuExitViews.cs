@@ -15,13 +15,11 @@ public enum IoDirection : byte
 /// <summary>A port I/O exit (<c>kvm_run.io</c>). For string I/O (<c>rep outs/ins</c>), <see cref="Count"/> items of <see cref="Size"/> bytes.</summary>
 public readonly ref struct IoExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
     private readonly int _u;
 
-    internal IoExit(Vcpu vcpu, Span<byte> run, int unionOffset)
+    internal IoExit(RunBytes run, int unionOffset)
     {
-        _vcpu = vcpu;
         _bytes = run;
         _u = unionOffset;
     }
@@ -88,28 +86,15 @@ public readonly ref struct IoExit
         }
     }
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>An MMIO exit (<c>kvm_run.mmio</c>): an access to guest-physical memory that no writable slot backs.</summary>
 public readonly ref struct MmioExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal MmioExit(Vcpu vcpu, Span<byte> mmio)
-    {
-        _vcpu = vcpu;
-        _bytes = mmio;
-    }
+    internal MmioExit(RunBytes mmio) => _bytes = mmio;
 
     /// <summary>The guest-physical address.</summary>
     public ulong Address => MemoryMarshal.Read<ulong>(Bytes);
@@ -123,15 +108,7 @@ public readonly ref struct MmioExit
     /// <summary>The data (<see cref="Length"/> bytes, guest byte order): what the guest wrote, or for a read what it will get.</summary>
     public Span<byte> Data => Bytes.Slice(8, Length);
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>Kinds of <see cref="VcpuExitReason.SystemEvent"/> (<c>KVM_SYSTEM_EVENT_*</c>).</summary>
@@ -154,14 +131,9 @@ public enum SystemEventType : uint
 /// <summary>A system event exit (<c>kvm_run.system_event</c>).</summary>
 public readonly ref struct SystemEventExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal SystemEventExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal SystemEventExit(RunBytes e) => _bytes = e;
 
     /// <summary>The event type.</summary>
     public SystemEventType Type => (SystemEventType)MemoryMarshal.Read<uint>(Bytes);
@@ -173,15 +145,7 @@ public readonly ref struct SystemEventExit
     /// <summary>The legacy <c>flags</c> word (aliases <c>data[0]</c>).</summary>
     public ulong Flags => MemoryMarshal.Read<ulong>(Bytes.Slice(8));
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary><c>KVM_INTERNAL_ERROR_*</c> suberrors.</summary>
@@ -201,14 +165,9 @@ public enum InternalErrorSuberror : uint
 public readonly ref struct InternalErrorExit
 {
     private const ulong InstructionBytesFlag = 1; // KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal InternalErrorExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal InternalErrorExit(RunBytes e) => _bytes = e;
 
     /// <summary>The suberror.</summary>
     public InternalErrorSuberror Suberror => (InternalErrorSuberror)MemoryMarshal.Read<uint>(Bytes);
@@ -231,28 +190,15 @@ public readonly ref struct InternalErrorExit
         }
     }
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>A failed VM entry (<c>kvm_run.fail_entry</c>).</summary>
 public readonly ref struct FailEntryExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal FailEntryExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal FailEntryExit(RunBytes e) => _bytes = e;
 
     /// <summary>The hardware's entry failure reason (VMX exit qualification / SVM code).</summary>
     public ulong HardwareEntryFailureReason => MemoryMarshal.Read<ulong>(Bytes);
@@ -260,28 +206,15 @@ public readonly ref struct FailEntryExit
     /// <summary>The host CPU the entry failed on.</summary>
     public uint Cpu => MemoryMarshal.Read<uint>(Bytes.Slice(8));
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>An x86 exception exit (<c>kvm_run.ex</c>).</summary>
 public readonly ref struct ExceptionExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal ExceptionExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal ExceptionExit(RunBytes e) => _bytes = e;
 
     /// <summary>The exception vector.</summary>
     public uint Vector => MemoryMarshal.Read<uint>(Bytes);
@@ -289,27 +222,17 @@ public readonly ref struct ExceptionExit
     /// <summary>The error code.</summary>
     public uint ErrorCode => MemoryMarshal.Read<uint>(Bytes.Slice(4));
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>A debug exit (<c>kvm_run.debug.arch</c>); which properties apply depends on the architecture.</summary>
 public readonly ref struct DebugExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
     private readonly KvmArchitecture _arch;
 
-    internal DebugExit(Vcpu vcpu, Span<byte> e, KvmArchitecture arch)
+    internal DebugExit(RunBytes e, KvmArchitecture arch)
     {
-        _vcpu = vcpu;
         _bytes = e;
         _arch = arch;
     }
@@ -350,28 +273,15 @@ public readonly ref struct DebugExit
         return MemoryMarshal.Read<T>(Bytes.Slice(offset));
     }
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>An x86 user-space MSR exit (<c>kvm_run.msr</c>, KVM_CAP_X86_USER_SPACE_MSR).</summary>
 public readonly ref struct X86MsrExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal X86MsrExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal X86MsrExit(RunBytes e) => _bytes = e;
 
     /// <summary>The MSR index.</summary>
     public uint Index => MemoryMarshal.Read<uint>(Bytes.Slice(12));
@@ -385,28 +295,15 @@ public readonly ref struct X86MsrExit
     /// <summary>Set to 1 to make the guest's access raise #GP.</summary>
     public ref byte Error => ref Bytes[0];
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>An s390x SIE intercept (<c>kvm_run.s390_sieic</c>).</summary>
 public readonly ref struct S390SieicExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal S390SieicExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal S390SieicExit(RunBytes e) => _bytes = e;
 
     /// <summary>The intercept code.</summary>
     public byte InterceptCode => Bytes[0];
@@ -417,28 +314,15 @@ public readonly ref struct S390SieicExit
     /// <summary>The remaining instruction bytes (IPB).</summary>
     public uint Ipb => MemoryMarshal.Read<uint>(Bytes.Slice(4));
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>An s390x user-controlled VM translation fault (<c>kvm_run.s390_ucontrol</c>).</summary>
 public readonly ref struct S390UcontrolExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal S390UcontrolExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal S390UcontrolExit(RunBytes e) => _bytes = e;
 
     /// <summary>The translation-exception code.</summary>
     public ulong TranslationExceptionCode => MemoryMarshal.Read<ulong>(Bytes);
@@ -446,28 +330,15 @@ public readonly ref struct S390UcontrolExit
     /// <summary>The program-interruption code.</summary>
     public uint ProgramCode => MemoryMarshal.Read<uint>(Bytes.Slice(8));
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
-    {
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Bytes => _bytes.Span;
 }
 
 /// <summary>An arm64 data abort without a valid instruction syndrome (<c>kvm_run.arm_nisv</c>).</summary>
 public readonly ref struct ArmNisvExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _bytes;
 
-    internal ArmNisvExit(Vcpu vcpu, Span<byte> e)
-    {
-        _vcpu = vcpu;
-        _bytes = e;
-    }
+    internal ArmNisvExit(RunBytes e) => _bytes = e;
 
     /// <summary>ESR_EL2 with the ISS bits the kernel may expose.</summary>
     public ulong EsrIss => MemoryMarshal.Read<ulong>(Bytes);
@@ -475,13 +346,33 @@ public readonly ref struct ArmNisvExit
     /// <summary>The faulting intermediate physical address.</summary>
     public ulong FaultIpa => MemoryMarshal.Read<ulong>(Bytes.Slice(8));
 
-    /// <summary>The view's bytes in <c>kvm_run</c>; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Bytes
+    private Span<byte> Bytes => _bytes.Span;
+}
+
+/// <summary>
+/// Bytes of a vCPU's <c>kvm_run</c> that a view reads: refused with <see cref="ObjectDisposedException"/>
+/// once the vCPU is disposed (its mapping is gone).
+/// </summary>
+internal readonly ref struct RunBytes
+{
+    private readonly Span<byte> _bytes;
+    private readonly Vcpu _vcpu;
+
+    public RunBytes(Vcpu vcpu, Span<byte> bytes)
     {
+        _vcpu = vcpu;
+        _bytes = bytes;
+    }
+
+    public Span<byte> Span
+    {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
         get
         {
             _vcpu.ThrowIfDisposed();
             return _bytes;
         }
     }
+
+    public RunBytes Slice(int start, int length) => new(_vcpu, _bytes.Slice(start, length));
 }
