@@ -562,6 +562,31 @@ public sealed class Vcpu : IDisposable
         _holdDepth++;
     }
 
+    /// <summary>
+    /// Takes the vCPU for a whole-VM operation (snapshot, restore) on the calling thread, so that no
+    /// other thread runs it meanwhile; returns whether the thread owned it already (pass that to
+    /// <see cref="GiveBackFromVm"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Another live thread owns the vCPU (running it, or between its runs).</exception>
+    internal bool TakeForVm(string operation)
+    {
+        int me = KickSignal.CurrentThreadId;
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        if (IsOwnedByAnotherThread)
+            throw new InvalidOperationException(
+                $"vCPU {Id} is running or owned by thread {Owner(Volatile.Read(ref _state))} (OS thread id, the thread that ran it last); pause every vCPU, or have its thread call ReleaseOwnership, before {operation}.");
+        bool had = Owner(Volatile.Read(ref _state)) == me;
+        Acquire(me);
+        _holdDepth++;
+        return had;
+    }
+
+    /// <summary>Ends <see cref="TakeForVm"/>: releases the vCPU unless the thread owned it before.</summary>
+    internal void GiveBackFromVm(bool had)
+    {
+        if (--_holdDepth == 0 && !had) Release(Owned(KickSignal.CurrentThreadId));
+    }
+
     /// <summary>Ends a <see cref="Hold"/>; the outermost loop's end releases the vCPU (serving queued Invoke actions).</summary>
     internal void Unhold()
     {
@@ -724,7 +749,7 @@ public sealed class Vcpu : IDisposable
         if (owner == me)
             throw new InvalidOperationException($"vCPU {Id} is already owned by this thread (Run called from inside an Invoke action or recursively).");
         throw new InvalidOperationException(
-            $"vCPU {Id} is owned by thread {owner} (OS thread id), which ran it last; one thread runs a vCPU at a time. Run it from that thread, or have that thread call Vcpu.ReleaseOwnership first.");
+            $"vCPU {Id} is owned by thread {owner} (OS thread id: the thread that ran it last, or one snapshotting or restoring its VM); one thread runs a vCPU at a time. Run it from that thread, or have that thread call Vcpu.ReleaseOwnership first.");
     }
 
     /// <summary>

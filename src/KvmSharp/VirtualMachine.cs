@@ -144,22 +144,34 @@ public sealed class VirtualMachine : IDisposable
         var tracker = DirtyTracker ?? EnableDirtyTracking();
         lock (_lock)
         {
-            ThrowIfAnyRunning();
-            // Registers first: saving completes a pending I/O or MMIO access, which may write memory.
-            var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
-            tracker.Harvest().Dispose(); // start a fresh tracking period: memory == snapshot from here
-            var slots = _slots.OrderBy(s => s.Slot).Select(s =>
+            TakeAllVcpus("taking a snapshot");
+            try
             {
-                var data = GC.AllocateUninitializedArray<byte>(checked((int)s.Size));
-                s.Mapping.Slice(0, data.Length).CopyTo(data);
-                return new VmSnapshot.SlotImage(s.Slot, s.Flags, s.GuestPhysicalAddress, s.Size, data);
-            }).ToArray();
-            var snapshot = new VmSnapshot(Architecture, vcpus, slots);
-            _baseline = snapshot;
-            _baselineSlots = MatchSlots(snapshot);
-            _baselineVcpus = MatchVcpus(snapshot);
-            return snapshot;
+                return CreateSnapshotHeld(tracker);
+            }
+            finally
+            {
+                GiveBackAllVcpus(_vcpus.Count);
+            }
         }
+    }
+
+    private VmSnapshot CreateSnapshotHeld(DirtyPageTracker tracker)
+    {
+        // Registers first: saving completes a pending I/O or MMIO access, which may write memory.
+        var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
+        tracker.Harvest().Dispose(); // start a fresh tracking period: memory == snapshot from here
+        var slots = _slots.OrderBy(s => s.Slot).Select(s =>
+        {
+            var data = GC.AllocateUninitializedArray<byte>(checked((int)s.Size));
+            s.Mapping.Slice(0, data.Length).CopyTo(data);
+            return new VmSnapshot.SlotImage(s.Slot, s.Flags, s.GuestPhysicalAddress, s.Size, data);
+        }).ToArray();
+        var snapshot = new VmSnapshot(Architecture, vcpus, slots);
+        _baseline = snapshot;
+        _baselineSlots = MatchSlots(snapshot);
+        _baselineVcpus = MatchVcpus(snapshot);
+        return snapshot;
     }
 
     /// <summary>
@@ -180,36 +192,48 @@ public sealed class VirtualMachine : IDisposable
         var tracker = DirtyTracker ?? EnableDirtyTracking();
         lock (_lock)
         {
-            ThrowIfAnyRunning();
-            bool incremental = ReferenceEquals(_baseline, snapshot);
-            var slots = incremental ? _baselineSlots! : MatchSlots(snapshot);
-            var vcpus = incremental ? _baselineVcpus! : MatchVcpus(snapshot);
-            // Registers first: restoring completes a pending I/O or MMIO access, whose memory writes
-            // are then among the dirty pages copied back below.
-            foreach (var (vcpu, state) in vcpus)
-                vcpu.Registers.RestoreState(state);
-            using (var dirty = tracker.Harvest())
+            TakeAllVcpus("restoring a snapshot");
+            try
             {
-                if (incremental)
+                RestoreHeld(snapshot, tracker);
+            }
+            finally
+            {
+                GiveBackAllVcpus(_vcpus.Count);
+            }
+        }
+    }
+
+    private void RestoreHeld(VmSnapshot snapshot, DirtyPageTracker tracker)
+    {
+        bool incremental = ReferenceEquals(_baseline, snapshot);
+        var slots = incremental ? _baselineSlots! : MatchSlots(snapshot);
+        var vcpus = incremental ? _baselineVcpus! : MatchVcpus(snapshot);
+        // Registers first: restoring completes a pending I/O or MMIO access, whose memory writes
+        // are then among the dirty pages copied back below.
+        foreach (var (vcpu, state) in vcpus)
+            vcpu.Registers.RestoreState(state);
+        using (var dirty = tracker.Harvest())
+        {
+            if (incremental)
+            {
+                int page = PageSize;
+                for (int i = 0; i < dirty.SlotCount; i++)
                 {
-                    int page = PageSize;
-                    for (int i = 0; i < dirty.SlotCount; i++)
-                    {
-                        var slot = dirty.SlotAt(i);
-                        var image = slots[slot];
-                        // PERF: copy page by page straight from the snapshot into the mapping; no buffers.
-                        foreach (ulong p in dirty.PagesAt(i))
-                            image.Data.AsSpan((int)(p * (ulong)page), page).CopyTo(slot.Mapping.Slice(p * (ulong)page, page));
-                    }
+                    var slot = dirty.SlotAt(i);
+                    var image = slots[slot];
+                    // PERF: copy page by page straight from the snapshot into the mapping; no buffers.
+                    foreach (ulong p in dirty.PagesAt(i))
+                        image.Data.AsSpan((int)(p * (ulong)page), page).CopyTo(slot.Mapping.Slice(p * (ulong)page, page));
                 }
-                else
-                {
-                    foreach (var (slot, image) in slots)
-                        image.Data.CopyTo(slot.Mapping.Slice(0, image.Data.Length));
-                    _baseline = snapshot;
-                    _baselineSlots = slots;
-                    _baselineVcpus = vcpus;
-                }
+            }
+            else
+            {
+                foreach (var (slot, image) in slots)
+                    image.Data.CopyTo(slot.Mapping.Slice(0, image.Data.Length));
+                _baseline = snapshot;
+                _baselineSlots = slots;
+                _baselineVcpus = vcpus;
             }
         }
     }
@@ -242,6 +266,34 @@ public sealed class VirtualMachine : IDisposable
         if (list.Count != _vcpus.Count)
             throw new ArgumentException("This VM has vCPUs the snapshot lacks.", nameof(snapshot));
         return list;
+    }
+
+    private bool[] _keptVcpus = []; // TakeAllVcpus: whether this thread owned each vCPU before (reused: a restore allocates nothing)
+
+    /// <summary>
+    /// Takes every vCPU for the calling thread (caller holds the lock), so that none runs while a
+    /// snapshot is taken or restored; a vCPU another live thread owns is refused, naming it, and
+    /// nothing is changed.
+    /// </summary>
+    private void TakeAllVcpus(string operation)
+    {
+        _ = Fd;
+        if (_keptVcpus.Length < _vcpus.Count) _keptVcpus = new bool[_vcpus.Count];
+        int taken = 0;
+        try
+        {
+            for (; taken < _vcpus.Count; taken++) _keptVcpus[taken] = _vcpus[taken].TakeForVm(operation);
+        }
+        catch
+        {
+            GiveBackAllVcpus(taken);
+            throw;
+        }
+    }
+
+    private void GiveBackAllVcpus(int count)
+    {
+        for (int i = 0; i < count; i++) _vcpus[i].GiveBackFromVm(_keptVcpus[i]);
     }
 
     private void ThrowIfAnyRunning()

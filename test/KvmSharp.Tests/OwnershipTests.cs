@@ -207,6 +207,75 @@ public class OwnershipTests : KvmTestBase
         }
     }
 
+    [Test]
+    public void SnapshotsTakeEveryVcpu_AVcpuOwnedElsewhereIsRefused_AndRunsWaitTheirTurn()
+    {
+        using var g = CountingOuts();
+        var cpu = g.Cpu;
+        cpu.Run();
+        var snapshot = g.Vm.CreateSnapshot(); // this thread owns the vCPU: it keeps it
+        Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io), "still this thread's after the snapshot");
+
+        // Another live thread owns it between its runs: snapshot and restore are refused, nothing changed.
+        using var release = new ManualResetEventSlim();
+        using var ran = new ManualResetEventSlim();
+        cpu.ReleaseOwnership();
+        var owner = Start(() =>
+        {
+            cpu.Run();
+            ran.Set();
+            release.Wait();
+            cpu.ReleaseOwnership();
+        });
+        Assert.That(ran.Wait(Wait.Bound), Is.True);
+        var ex = Assert.Throws<InvalidOperationException>(() => g.Vm.Restore(snapshot));
+        Assert.That(ex!.Message, Does.Contain("vCPU 0").And.Contain("ReleaseOwnership"));
+        Assert.Throws<InvalidOperationException>(() => g.Vm.CreateSnapshot());
+        release.Set();
+        Wait.Join(owner, "the other owner");
+
+        // Runs on one thread, restores on another: each waits its turn or is refused, never interleaved.
+        int runs = 0, runRefused = 0, restores = 0, restoreRefused = 0;
+        Exception? unexpected = null;
+        var runner = Start(() =>
+        {
+            for (int i = 0; i < 300; i++)
+            {
+                try
+                {
+                    if (cpu.Run().Reason != VcpuExitReason.Io) throw new InvalidOperationException("not an OUT exit");
+                    cpu.ReleaseOwnership();
+                    runs++;
+                }
+                catch (InvalidOperationException e) when (e.Message.Contains("snapshotting or restoring", StringComparison.Ordinal))
+                {
+                    runRefused++;
+                }
+                catch (Exception e)
+                {
+                    unexpected = e;
+                    return;
+                }
+            }
+        });
+        while (runner.IsAlive)
+        {
+            try
+            {
+                g.Vm.Restore(snapshot);
+                restores++;
+            }
+            catch (InvalidOperationException e) when (e.Message.Contains("ReleaseOwnership", StringComparison.Ordinal))
+            {
+                restoreRefused++;
+            }
+        }
+        Assert.That(unexpected, Is.Null);
+        Assert.That(runs + runRefused, Is.EqualTo(300));
+        Assert.That(runs, Is.GreaterThan(0));
+        Assert.That(restores, Is.GreaterThan(0));
+    }
+
     /// <summary>A port that calls an action on every write.</summary>
     private sealed class ActionDevice(Action onWrite) : IIoDevice
     {
