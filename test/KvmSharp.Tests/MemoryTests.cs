@@ -315,6 +315,89 @@ public class SnapshotTests : KvmTestBase
     }
 
     [Test]
+    public void Load_OnHostileInput_FailsCleanly_AndNeverAllocatesWhatIsOnlyClaimed([Values] bool seekable)
+    {
+        using var g = Mutator();
+        g.Cpu.Run();
+        var snap = g.Vm.CreateSnapshot();
+        using var ms = new MemoryStream();
+        snap.Save(ms);
+        var bytes = ms.ToArray();
+        Stream Open(byte[] b) => seekable ? new MemoryStream(b) : new NonSeekable(new MemoryStream(b));
+        var random = new Random(seekable ? 5 : 6);
+
+        // Truncated: every prefix of the first 4 KiB (header, registers) and 200 random ones.
+        var prefixes = Enumerable.Range(0, 4096).Concat(Enumerable.Range(0, 200).Select(_ => random.Next(bytes.Length)));
+        foreach (int length in prefixes)
+            Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(Open(bytes[..length])), $"truncated to {length} bytes");
+        // Bit flips anywhere: the checksum (or an earlier check) catches every one.
+        for (int i = 0; i < 300; i++)
+        {
+            var flipped = (byte[])bytes.Clone();
+            int at = random.Next(flipped.Length);
+            flipped[at] ^= (byte)(1 << random.Next(8));
+            Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(Open(flipped)), $"bit flipped at {at}");
+        }
+        // Huge lengths in a short stream: refused without allocating what they claim.
+        foreach (var (hostile, what) in new[]
+        {
+            (HostileSnapshot(slotSize: (ulong)Array.MaxLength), "a slot of Array.MaxLength bytes"),
+            (HostileSnapshot(slotSize: 0x1_0000_0000), "a slot over 4 GiB"),
+            (HostileSnapshot(setLength: 1 << 20), "a 1 MiB register set"),
+            (HostileSnapshot(vcpus: 4096, slots: 65536), "4096 vCPUs and 65536 slots"),
+        })
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            var ex = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(Open(hostile)), what);
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.That(allocated, Is.LessThan(4 << 20), $"{what}: allocated {allocated} bytes ({ex!.Message})");
+            Assert.That(ex.Message, Does.Contain("truncated").Or.Contain("too large"), what);
+        }
+    }
+
+    /// <summary>A snapshot header (x86_64) followed by one record that claims far more than the 64 bytes after it.</summary>
+    private static byte[] HostileSnapshot(ulong slotSize = 0, uint setLength = 0, uint vcpus = 0, uint slots = 0)
+    {
+        using var ms = new MemoryStream();
+        using var w = new BinaryWriter(ms);
+        w.Write("KVMSNAP\0"u8);
+        w.Write((uint)VmSnapshot.FormatVersion);
+        w.Write((uint)KvmArchitecture.X86_64);
+        if (setLength != 0)
+        {
+            w.Write(1u); w.Write(0u);               // one vCPU, no slots
+            w.Write(0u); w.Write(1u);               // vCPU 0, one set
+            w.Write(1UL); w.Write(setLength);       // set key 1, claimed length
+        }
+        else if (slotSize != 0)
+        {
+            w.Write(0u); w.Write(1u);               // no vCPUs, one slot
+            w.Write(0u); w.Write(0u); w.Write(0UL); w.Write(slotSize);
+        }
+        else
+        {
+            w.Write(vcpus); w.Write(slots);
+        }
+        w.Write(new byte[64]);
+        return ms.ToArray();
+    }
+
+    /// <summary>A stream that hides its length, as a pipe or a network stream would.</summary>
+    private sealed class NonSeekable(Stream inner) : Stream
+    {
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+
+    [Test]
     public void Restore_RefusesAMismatchedVm_NamingTheDifference()
     {
         using var g = Mutator();

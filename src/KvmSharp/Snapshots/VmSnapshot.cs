@@ -106,6 +106,9 @@ public sealed class VmSnapshot
     }
 
     /// <summary>Reads a snapshot written by <see cref="Save"/>.</summary>
+    /// <remarks>Hostile input is safe to load: every length is checked before it is used, and memory is
+    /// allocated only for bytes the stream really holds (checked against a seekable stream's length, or
+    /// grown as data arrives), so a short stream that claims gigabytes fails without allocating them.</remarks>
     /// <exception cref="InvalidDataException">Not a snapshot, an unknown version, truncated, or corrupted (checksum mismatch); the message says which and where.</exception>
     /// <exception cref="IOException">Reading failed.</exception>
     public static VmSnapshot Load(Stream stream)
@@ -122,6 +125,8 @@ public sealed class VmSnapshot
         if (!Enum.IsDefined((KvmArchitecture)arch)) throw new InvalidDataException($"Snapshot names unknown architecture {arch}.");
         uint vcpuCount = r.U32("the vCPU count"), slotCount = r.U32("the slot count");
         if (vcpuCount > 4096 || slotCount > 65536) throw new InvalidDataException($"Snapshot header is implausible ({vcpuCount} vCPUs, {slotCount} slots): corrupted.");
+        // Each vCPU record takes at least 8 bytes, each slot record 24, and the checksum 32.
+        r.Require(8L * vcpuCount + 24L * slotCount + 32, $"{vcpuCount} vCPU and {slotCount} slot records");
         var vcpus = new (int, RegisterState)[vcpuCount];
         for (int i = 0; i < vcpuCount; i++)
         {
@@ -134,9 +139,7 @@ public sealed class VmSnapshot
                 ulong key = r.U64($"vCPU {id}'s set key");
                 uint len = r.U32($"vCPU {id}'s set 0x{key:X} length");
                 if (len > 1 << 20) throw new InvalidDataException($"vCPU {id} set 0x{key:X} claims {len} bytes: corrupted.");
-                var bytes = new byte[len];
-                r.Read(bytes, $"vCPU {id}'s set 0x{key:X}");
-                dict[key] = bytes;
+                dict[key] = r.ReadArray(len, $"vCPU {id}'s set 0x{key:X}");
             }
             vcpus[i] = (id, new RegisterState((KvmArchitecture)arch, dict));
         }
@@ -147,9 +150,7 @@ public sealed class VmSnapshot
             var flags = (MemorySlotFlags)r.U32($"slot {slot}'s flags");
             ulong gpa = r.U64($"slot {slot}'s address"), size = r.U64($"slot {slot}'s size");
             if (size > (ulong)Array.MaxLength) throw new InvalidDataException($"Slot {slot} claims 0x{size:X} bytes: corrupted or too large.");
-            var data = GC.AllocateUninitializedArray<byte>((int)size);
-            r.Read(data, $"slot {slot}'s memory");
-            slots[i] = new SlotImage(slot, flags, gpa, size, data);
+            slots[i] = new SlotImage(slot, flags, gpa, size, r.ReadArray((long)size, $"slot {slot}'s memory"));
         }
         Span<byte> expected = stackalloc byte[32];
         hash.GetHashAndReset(expected);
@@ -198,6 +199,46 @@ public sealed class VmSnapshot
         {
             ReadRaw(into, what);
             hash.AppendData(into);
+        }
+
+        /// <summary>Refuses a stream known to hold fewer than <paramref name="bytes"/> more bytes (a seekable one).</summary>
+        public void Require(long bytes, string what)
+        {
+            if (stream.CanSeek && bytes > stream.Length - stream.Position)
+                throw new InvalidDataException($"Snapshot truncated: {what} need at least {bytes} bytes at offset {_offset}, but the stream holds only {stream.Length - stream.Position} more.");
+        }
+
+        /// <summary>
+        /// Reads <paramref name="length"/> bytes into a new array, allocating no more than the stream
+        /// really holds: a hostile length is refused against a seekable stream's remaining bytes before
+        /// anything is allocated, and from any other stream the array grows only as data arrives.
+        /// </summary>
+        public byte[] ReadArray(long length, string what)
+        {
+            if (stream.CanSeek)
+            {
+                long remaining = stream.Length - stream.Position;
+                if (length > remaining)
+                    throw new InvalidDataException($"Snapshot truncated: {what} claims {length} bytes at offset {_offset}, but the stream holds only {remaining} more.");
+                var all = GC.AllocateUninitializedArray<byte>((int)length);
+                Read(all, what);
+                return all;
+            }
+            const int FirstChunk = 1 << 20;
+            var buffer = GC.AllocateUninitializedArray<byte>((int)Math.Min(length, FirstChunk));
+            int filled = 0;
+            while (filled < length)
+            {
+                if (filled == buffer.Length)
+                    Array.Resize(ref buffer, (int)Math.Min(length, 2L * buffer.Length)); // at most twice what arrived
+                int got = stream.Read(buffer, filled, buffer.Length - filled);
+                if (got == 0)
+                    throw new InvalidDataException($"Snapshot truncated: {what} needs {length} bytes at offset {_offset}, but the stream ends after {filled}.");
+                filled += got;
+            }
+            hash.AppendData(buffer);
+            _offset += length;
+            return buffer;
         }
 
         public uint U32(string what)
