@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
 
@@ -81,10 +80,15 @@ public sealed partial class X86RegisterSync
     public ulong ProgramCounter { get => Rip; set => Rip = value; }
 
     /// <inheritdoc/>
-    public ulong GetGeneralRegister(int index) => Unsafe.Add(ref Unsafe.AsRef(in Gprs.Rax), GprSlot(index));
+    public ulong GetGeneralRegister(int index)
+    {
+        Fetch(X86RegisterSets.Gprs);
+        return SyncBlock.At<ulong>(RegsOffset + sizeof(ulong) * GprSlot(index));
+    }
 
     /// <inheritdoc/>
-    public void SetGeneralRegister(int index, ulong value) => Unsafe.Add(ref GprsForWrite().Rax, GprSlot(index)) = value;
+    public void SetGeneralRegister(int index, ulong value) =>
+        SyncBlock.At<ulong>(Edit(X86RegisterSets.Gprs, RegsOffset) + sizeof(ulong) * GprSlot(index)) = value;
 
     // Encoding order RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI → slot in struct kvm_regs (RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP).
     private static int GprSlot(int index)
