@@ -339,12 +339,12 @@ public sealed partial class Vcpu
 
     /// <summary>Tells KVM to unblock the kick signal inside KVM_RUN (once per vCPU; the calling thread blocks it already).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private unsafe void SetSignalMask()
+    private void SetSignalMask()
     {
-        using var buf = new NativeBuffer(sizeof(kvm_signal_mask) + Libc.KernelSigsetBytes);
+        using var buf = new NativeBuffer(kvm_signal_mask.SigsetOffset + Libc.KernelSigsetBytes);
         var view = new StructView(buf, 0, (int)buf.ByteLength);
         view.At<kvm_signal_mask>(0).len = Libc.KernelSigsetBytes;
-        view.At<ulong>(sizeof(kvm_signal_mask)) = KickSignal.RunMask();
+        view.At<ulong>(kvm_signal_mask.SigsetOffset) = KickSignal.RunMask();
         int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_SET_SIGNAL_MASK, view.Address);
         if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_SIGNAL_MASK, r, $"vcpu {Id}, unblocking signal {KickSignal.Number} inside KVM_RUN");
         _signalMaskSet = true;

@@ -238,17 +238,17 @@ public sealed partial class Vcpu : IDisposable
     /// <see cref="Kvm.GetSupportedCpuid"/> gives what KVM allows.
     /// </summary>
     /// <exception cref="KvmException">The ioctl failed (e.g. E2BIG for too many leaves).</exception>
-    public unsafe void SetCpuid(ReadOnlySpan<CpuidEntry> entries)
+    public void SetCpuid(ReadOnlySpan<CpuidEntry> entries)
     {
         _vm.Kvm.RequireArch(KvmArchitecture.X86_64, nameof(SetCpuid));
-        int bytes = sizeof(kvm_cpuid2) + entries.Length * sizeof(kvm_cpuid_entry2);
+        int bytes = kvm_cpuid2.EntryOffset(entries.Length);
         using var buf = new NativeBuffer(bytes);
         var view = new StructView(buf, 0, bytes);
         view.At<kvm_cpuid2>(0).nent = (uint)entries.Length;
         for (int i = 0; i < entries.Length; i++)
         {
             var e = entries[i];
-            view.At<kvm_cpuid_entry2>(sizeof(kvm_cpuid2) + i * sizeof(kvm_cpuid_entry2)) = new kvm_cpuid_entry2
+            view.At<kvm_cpuid_entry2>(kvm_cpuid2.EntryOffset(i)) = new kvm_cpuid_entry2
             {
                 function = e.Function, index = e.Index, flags = e.Flags,
                 eax = e.Eax, ebx = e.Ebx, ecx = e.Ecx, edx = e.Edx,

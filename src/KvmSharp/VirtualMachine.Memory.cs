@@ -258,7 +258,7 @@ public sealed partial class VirtualMachine
         return id;
     }
 
-    private unsafe void SetRegion(int slot, uint flags, ulong gpa, ulong size, nint hostAddress)
+    private void SetRegion(int slot, uint flags, ulong gpa, ulong size, nint hostAddress)
     {
         var region = new kvm_userspace_memory_region
         {
@@ -268,7 +268,7 @@ public sealed partial class VirtualMachine
             memory_size = size,
             userspace_addr = (ulong)hostAddress,
         };
-        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_SET_USER_MEMORY_REGION, (nint)(&region));
+        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_SET_USER_MEMORY_REGION, ref region);
         if (r < 0)
             ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_USER_MEMORY_REGION, r,
                 $"slot {slot}, flags 0x{flags:X}, gpa 0x{gpa:X}, size 0x{size:X}");

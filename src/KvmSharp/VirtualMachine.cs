@@ -63,11 +63,10 @@ public sealed partial class VirtualMachine : IDisposable
     }
 
     /// <summary>Wraps KVM_ENABLE_CAP on the VM with one argument (internal: the dirty-log set-up and tests use it).</summary>
-    internal unsafe void EnableCap(KvmCapability cap, ulong arg0)
+    internal void EnableCap(KvmCapability cap, ulong arg0)
     {
-        var enable = new kvm_enable_cap { cap = (uint)cap };
-        enable.args[0] = arg0;
-        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_ENABLE_CAP, (nint)(&enable));
+        var enable = kvm_enable_cap.With((uint)cap, arg0);
+        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_ENABLE_CAP, ref enable);
         if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_ENABLE_CAP, r, $"{cap} (arg 0x{arg0:X})");
     }
 

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using KvmSharp.Interop;
 using Microsoft.Extensions.ObjectPool;
 
@@ -13,7 +14,7 @@ namespace KvmSharp;
 /// Thread-safe. Host writes through raw spans (<see cref="MemorySlot.Span"/>, <see cref="MemorySlot.GetSpan"/>)
 /// are invisible to KVM: report them with <see cref="MarkHostWrite"/>.
 /// </remarks>
-public sealed unsafe class DirtyPageTracker
+public sealed class DirtyPageTracker
 {
     private static readonly ObjectPool<DirtyPageList> s_lists = new DefaultObjectPool<DirtyPageList>(new DirtyPageList.Policy());
 
@@ -143,7 +144,7 @@ public sealed unsafe class DirtyPageTracker
             st.KernelBitmap ??= new NativeBuffer(Math.Max(bytes, 8));
             var view = new StructView(st.KernelBitmap, 0, Math.Max(bytes, 8));
             var log = new kvm_dirty_log { slot = (uint)st.Slot.Slot, dirty_bitmap = (ulong)view.Address };
-            int r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, (nint)(&log));
+            int r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, ref log);
             if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_GET_DIRTY_LOG, r, $"slot {st.Slot.Slot}");
             var bitmap = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(view.Span.Slice(0, bytes));
             bool any = false;
@@ -161,7 +162,7 @@ public sealed unsafe class DirtyPageTracker
                     slot = (uint)st.Slot.Slot, first_page = 0,
                     num_pages = (uint)(st.Slot.Size / (ulong)VirtualMachine.PageSize), dirty_bitmap = (ulong)view.Address,
                 };
-                r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_CLEAR_DIRTY_LOG, (nint)(&clear));
+                r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_CLEAR_DIRTY_LOG, ref clear);
                 if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_CLEAR_DIRTY_LOG, r, $"slot {st.Slot.Slot}, {clear.num_pages} pages");
             }
         }
@@ -173,11 +174,11 @@ public sealed unsafe class DirtyPageTracker
         bool any = false;
         foreach (var ring in _rings)
         {
-            int entries = RingBytes / sizeof(kvm_dirty_gfn);
+            int entries = RingBytes / Unsafe.SizeOf<kvm_dirty_gfn>();
             while (true)
             {
                 int i = (int)(ring.Fetch % (uint)entries);
-                ref var gfn = ref ring.View.At<kvm_dirty_gfn>(i * sizeof(kvm_dirty_gfn));
+                ref var gfn = ref ring.View.At<kvm_dirty_gfn>(i * Unsafe.SizeOf<kvm_dirty_gfn>());
                 // Acquire: the slot/offset written by KVM are visible once DIRTY is.
                 if ((Volatile.Read(ref gfn.flags) & kvm_dirty_gfn.KVM_DIRTY_GFN_F_DIRTY) == 0) break;
                 int slotId = (int)(gfn.slot & 0xFFFF);

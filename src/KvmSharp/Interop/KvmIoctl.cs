@@ -22,6 +22,9 @@ internal sealed class KvmIoctl
     /// <summary>The request number passed to <c>ioctl(2)</c>.</summary>
     public uint Number { get; }
 
+    /// <summary>The argument size encoded in <see cref="Number"/> (<c>_IOC_SIZE</c>).</summary>
+    public int ArgumentSize => (int)(Number >> 16 & 0x3FFF);
+
     internal static uint Encode(uint dir, uint nr, int size)
     {
         if ((uint)size >= 1u << 14)
