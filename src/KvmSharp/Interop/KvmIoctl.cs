@@ -48,6 +48,7 @@ internal sealed class KvmIoctl
     public static KvmIoctl IOC(string name, bool read, bool write, uint nr, int size) =>
         new(name, Encode((read ? IOC_READ : 0) | (write ? IOC_WRITE : 0), nr, size));
 
+    // SAFETY: sizeof only reads the type's size; no memory is touched.
     private static unsafe int SizeOf<T>() where T : unmanaged => sizeof(T);
 
     /// <inheritdoc/>

@@ -3,6 +3,8 @@ using System.Runtime.InteropServices;
 
 // x86_64 uapi structs (<asm/kvm.h> of arch/x86), kept under their C names.
 #pragma warning disable IDE1006, CS1591
+// SAFETY: `unsafe` on these structs only declares fixed-size buffers (the C arrays, inline). Indexing
+// one needs an unsafe context, which only code in this folder has; each such use says why it is in bounds.
 namespace KvmSharp.Interop.X86;
 
 [Uapi("kvm_run"), StructLayout(LayoutKind.Explicit, Size = 2352)]

@@ -3,6 +3,8 @@ using System.Runtime.InteropServices;
 
 // Native structs keep their uapi names; they are internal and mirror <linux/kvm.h> exactly.
 #pragma warning disable IDE1006, CS1591
+// SAFETY: `unsafe` on these structs only declares fixed-size buffers (the C arrays, inline). Indexing
+// one needs an unsafe context, which only code in this folder has; each such use says why it is in bounds.
 namespace KvmSharp.Interop;
 
 [Uapi("kvm_userspace_memory_region"), StructLayout(LayoutKind.Explicit, Size = 32)]
