@@ -21,8 +21,7 @@ public partial class SourceRulesTests
             .Where(f => f.Lines > MaxLines)
             .Select(f => $"{f.Path}: {f.Lines} lines")
             .ToList();
-        Assert.That(offenders, Is.Empty,
-            $"Source files over {MaxLines} lines (split them, e.g. into partial classes by concern):{Environment.NewLine}  {string.Join(Environment.NewLine + "  ", offenders)}");
+        AssertNone(offenders, $"Source files over {MaxLines} lines (split them, e.g. into partial classes by concern)");
     }
 
     [Test]
@@ -42,8 +41,7 @@ public partial class SourceRulesTests
                 .ToList();
             if (types.Count > 1) offenders.Add($"{path}: {string.Join(", ", types)}");
         }
-        Assert.That(offenders, Is.Empty,
-            $"Source files declaring more than one public type (give each its own file, named after it):{Environment.NewLine}  {string.Join(Environment.NewLine + "  ", offenders)}");
+        AssertNone(offenders, "Source files declaring more than one public type (give each its own file, named after it)");
     }
 
     [Test]
@@ -61,9 +59,12 @@ public partial class SourceRulesTests
                 if (UnsafeKeyword().IsMatch(code)) offenders.Add($"{path}:{i + 1}: {lines[i].Trim()}");
             }
         }
-        Assert.That(offenders, Is.Empty,
-            $"The unsafe keyword outside {UnsafeFolder} (move the operation behind a safe helper there):{Environment.NewLine}  {string.Join(Environment.NewLine + "  ", offenders)}");
+        AssertNone(offenders, $"The unsafe keyword outside {UnsafeFolder} (move the operation behind a safe helper there)");
     }
+
+    /// <summary>Fails with <paramref name="rule"/> and one line per offender unless there is none.</summary>
+    private static void AssertNone(List<string> offenders, string rule) =>
+        Assert.That(offenders, Is.Empty, $"{rule}:{Environment.NewLine}  {string.Join(Environment.NewLine + "  ", offenders)}");
 
     /// <summary>Every .cs file under src/ (build output excluded), with its path relative to the repository root ('/'-separated).</summary>
     private static List<(string Path, string FullPath)> SourceFiles()
