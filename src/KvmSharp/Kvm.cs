@@ -137,30 +137,26 @@ public sealed class Kvm : IDisposable
     /// </summary>
     /// <exception cref="PlatformNotSupportedException">Not x86_64.</exception>
     /// <exception cref="KvmException">The ioctl failed.</exception>
-    public unsafe CpuidEntry[] GetSupportedCpuid()
+    public CpuidEntry[] GetSupportedCpuid()
     {
         RequireArch(KvmArchitecture.X86_64, nameof(GetSupportedCpuid));
         for (int n = 128; ; n *= 2)
         {
-            int bytes = sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2);
-            byte* buf = (byte*)NativeMemory.AllocZeroed((nuint)bytes);
-            try
+            int bytes = kvm_cpuid2.EntryOffset(n);
+            using var buf = new NativeBuffer(bytes);
+            var view = new StructView(buf, 0, bytes);
+            view.At<kvm_cpuid2>(0).nent = (uint)n;
+            int r = Kernel.Ioctl(Fd, KvmIoctls.X86.KVM_GET_SUPPORTED_CPUID, view.Address);
+            if (r == -Errno.E2BIG && n < 4096) continue;
+            if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.X86.KVM_GET_SUPPORTED_CPUID, r, $"nent {n}");
+            int count = (int)view.At<kvm_cpuid2>(0).nent;
+            var result = new CpuidEntry[count];
+            for (int i = 0; i < count; i++)
             {
-                ((kvm_cpuid2*)buf)->nent = (uint)n;
-                int r = Kernel.Ioctl(Fd, KvmIoctls.X86.KVM_GET_SUPPORTED_CPUID, (nint)buf);
-                if (r == -Errno.E2BIG && n < 4096) continue;
-                if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.X86.KVM_GET_SUPPORTED_CPUID, r, $"nent {n}");
-                int count = (int)((kvm_cpuid2*)buf)->nent;
-                var result = new CpuidEntry[count];
-                var e = (kvm_cpuid_entry2*)(buf + sizeof(kvm_cpuid2));
-                for (int i = 0; i < count; i++)
-                    result[i] = new CpuidEntry(e[i].function, e[i].index, e[i].flags, e[i].eax, e[i].ebx, e[i].ecx, e[i].edx);
-                return result;
+                ref var e = ref view.At<kvm_cpuid_entry2>(kvm_cpuid2.EntryOffset(i));
+                result[i] = new CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx);
             }
-            finally
-            {
-                NativeMemory.Free(buf);
-            }
+            return result;
         }
     }
 
@@ -171,13 +167,13 @@ public sealed class Kvm : IDisposable
     /// </summary>
     /// <exception cref="PlatformNotSupportedException">Not x86_64.</exception>
     /// <exception cref="KvmException">The ioctl failed.</exception>
-    public unsafe IReadOnlyList<uint> GetMsrIndexList()
+    public IReadOnlyList<uint> GetMsrIndexList()
     {
         RequireArch(KvmArchitecture.X86_64, nameof(GetMsrIndexList));
         if (_msrIndices is not null) return _msrIndices;
         for (int n = 64; ; n *= 2)
         {
-            int bytes = sizeof(kvm_msr_list) + n * sizeof(uint);
+            int bytes = kvm_msr_list.IndexOffset(n);
             using var buf = new NativeBuffer(bytes);
             var view = new StructView(buf, 0, bytes);
             view.At<kvm_msr_list>(0).nmsrs = (uint)n;
@@ -185,7 +181,7 @@ public sealed class Kvm : IDisposable
             if (r == -Errno.E2BIG && n < 65536) continue;
             if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.X86.KVM_GET_MSR_INDEX_LIST, r, $"nmsrs {n}");
             int count = (int)view.At<kvm_msr_list>(0).nmsrs;
-            return _msrIndices = MemoryMarshal.Cast<byte, uint>(view.Span.Slice(sizeof(kvm_msr_list), count * sizeof(uint))).ToArray();
+            return _msrIndices = MemoryMarshal.Cast<byte, uint>(view.Span.Slice(kvm_msr_list.IndexOffset(0), count * sizeof(uint))).ToArray();
         }
     }
 

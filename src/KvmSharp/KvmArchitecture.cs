@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace KvmSharp;
@@ -34,6 +35,6 @@ internal static class KvmArchitectures
     public static int SyncRegsHeaderOffset(this KvmArchitecture arch) => arch.ExitUnionOffset() + 256;
 
     /// <summary><c>sizeof(struct kvm_run)</c>.</summary>
-    public static unsafe int KvmRunSize(this KvmArchitecture arch) =>
-        arch == KvmArchitecture.S390x ? sizeof(Interop.S390x.kvm_run) : sizeof(Interop.X86.kvm_run);
+    public static int KvmRunSize(this KvmArchitecture arch) =>
+        arch == KvmArchitecture.S390x ? Unsafe.SizeOf<Interop.S390x.kvm_run>() : Unsafe.SizeOf<Interop.X86.kvm_run>();
 }

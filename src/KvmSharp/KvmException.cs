@@ -1,5 +1,3 @@
-using KvmSharp.Interop;
-
 namespace KvmSharp;
 
 /// <summary>
@@ -45,37 +43,4 @@ public class KvmException : IOException
         details is null
             ? $"{operation} failed: {Interop.Errno.Name(errno)} ({errno})"
             : $"{operation} failed: {Interop.Errno.Name(errno)} ({errno}); {details}";
-}
-
-/// <summary>Why KVM cannot be used on this machine.</summary>
-public enum KvmUnavailableReason
-{
-    /// <summary>The device node (normally <c>/dev/kvm</c>) does not exist: the kernel has no KVM module loaded.</summary>
-    DeviceMissing,
-
-    /// <summary>The device exists but this process may not open it (add the user to the <c>kvm</c> group).</summary>
-    PermissionDenied,
-
-    /// <summary><c>KVM_GET_API_VERSION</c> did not return 12, the only stable KVM API.</summary>
-    UnsupportedApiVersion,
-
-    /// <summary>Opening the device failed for another reason; see <see cref="KvmException.Errno"/>.</summary>
-    OpenFailed,
-}
-
-/// <summary>KVM cannot be used here; <see cref="Reason"/> says why.</summary>
-public sealed class KvmUnavailableException : KvmException
-{
-    internal KvmUnavailableException(KvmUnavailableReason reason, string path, string operation, int errno, string message)
-        : base(message, operation, errno, path)
-    {
-        Reason = reason;
-        Path = path;
-    }
-
-    /// <summary>Which of the known reasons applies.</summary>
-    public KvmUnavailableReason Reason { get; }
-
-    /// <summary>The device path that was tried.</summary>
-    public string Path { get; }
 }

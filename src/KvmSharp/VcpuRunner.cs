@@ -3,34 +3,6 @@ using KvmSharp.Devices;
 
 namespace KvmSharp;
 
-/// <summary>Why <see cref="VcpuRunner.Run"/> returned.</summary>
-public enum RunStopReason
-{
-    /// <summary>The guest executed HLT (and there is no in-kernel irqchip to wait in).</summary>
-    Halted,
-    /// <summary>The vCPU shut down (x86 triple fault) or sent a shutdown/reset system event.</summary>
-    Shutdown,
-    /// <summary>A device called <see cref="IoContext.RequestStop"/>, or <see cref="VcpuRunner.RequestStop"/> was called.</summary>
-    StopRequested,
-    /// <summary>The timeout passed.</summary>
-    Timeout,
-    /// <summary>The cancellation token was cancelled.</summary>
-    Cancelled,
-    /// <summary><see cref="Vcpu.RequestExit"/> was called (by someone other than this runner).</summary>
-    ExitRequested,
-    /// <summary>An access no device claims, with <see cref="UnclaimedAccessPolicy.Stop"/>.</summary>
-    UnclaimedAccess,
-    /// <summary>An exit the loop does not handle (see <see cref="RunResult.LastExit"/>): internal error, debug, MSR…</summary>
-    UnhandledExit,
-}
-
-/// <summary>The outcome of <see cref="VcpuRunner.Run"/>.</summary>
-/// <param name="Reason">Why the loop stopped.</param>
-/// <param name="LastExit">The exit reason of the last run.</param>
-/// <param name="Address">For <see cref="RunStopReason.UnclaimedAccess"/>: the port or guest-physical address.</param>
-/// <param name="Exits">How many exits the loop handled, the last included.</param>
-public readonly record struct RunResult(RunStopReason Reason, VcpuExitReason LastExit, ulong Address, long Exits);
-
 /// <summary>
 /// A run loop for one vCPU: runs it, dispatches port I/O and MMIO exits to an <see cref="IoBus"/>,
 /// and stops on HLT, shutdown, a device's request, a timeout, cancellation, <see cref="Vcpu.RequestExit"/>,

@@ -1,18 +1,5 @@
 namespace KvmSharp.Devices;
 
-/// <summary>What a <see cref="VcpuRunner"/> does with an access no device claims.</summary>
-public enum UnclaimedAccessPolicy
-{
-    /// <summary>Writes are dropped; reads return zeros.</summary>
-    Ignore,
-
-    /// <summary>Writes are dropped; reads return all ones (0xFF bytes), as an empty ISA bus does.</summary>
-    ReadAllOnes,
-
-    /// <summary>The run loop stops with <see cref="RunStopReason.UnclaimedAccess"/>; the access stays pending.</summary>
-    Stop,
-}
-
 /// <summary>
 /// Maps port ranges and MMIO ranges to devices, like the kernel's <c>kvm_io_bus</c>. Lookups are
 /// lock-free (a sorted, immutable snapshot); mapping and unmapping are serialised and may happen

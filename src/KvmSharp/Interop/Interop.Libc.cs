@@ -6,7 +6,7 @@ namespace KvmSharp.Interop;
 /// Raw libc imports. Only <see cref="LinuxKernel"/> calls these; everything else goes through
 /// <see cref="IKernel"/>. Each import sets errno, read with <see cref="Marshal.GetLastPInvokeError"/>.
 /// </summary>
-internal static unsafe partial class Libc
+internal static partial class Libc
 {
     internal const int O_RDWR = 0x2;
     internal const int O_CLOEXEC = 0x80000;

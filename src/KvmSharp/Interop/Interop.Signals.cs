@@ -6,6 +6,8 @@ namespace KvmSharp.Interop;
 /// Thread and signal imports for kicking a vCPU out of KVM_RUN. These act on threads, not on KVM
 /// file descriptors, so they are not part of the kernel seam.
 /// </summary>
+// SAFETY: unsafe for the pointer parameters only; KickSignal, the only caller, passes stack buffers
+// of the sizes glibc expects (see its SAFETY comments).
 internal static unsafe partial class Libc
 {
     internal const int SIG_BLOCK = 0, SIG_UNBLOCK = 1, SIG_SETMASK = 2;

@@ -22,6 +22,9 @@ internal sealed class KvmIoctl
     /// <summary>The request number passed to <c>ioctl(2)</c>.</summary>
     public uint Number { get; }
 
+    /// <summary>The argument size encoded in <see cref="Number"/> (<c>_IOC_SIZE</c>).</summary>
+    public int ArgumentSize => (int)(Number >> 16 & 0x3FFF);
+
     internal static uint Encode(uint dir, uint nr, int size)
     {
         if ((uint)size >= 1u << 14)
@@ -45,6 +48,7 @@ internal sealed class KvmIoctl
     public static KvmIoctl IOC(string name, bool read, bool write, uint nr, int size) =>
         new(name, Encode((read ? IOC_READ : 0) | (write ? IOC_WRITE : 0), nr, size));
 
+    // SAFETY: sizeof only reads the type's size; no memory is touched.
     private static unsafe int SizeOf<T>() where T : unmanaged => sizeof(T);
 
     /// <inheritdoc/>

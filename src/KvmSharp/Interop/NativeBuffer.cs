@@ -8,6 +8,7 @@ internal sealed unsafe class NativeBuffer : SafeBuffer
     public NativeBuffer(int length)
         : base(ownsHandle: true)
     {
+        // SAFETY: AlignedAlloc returns length bytes or throws OutOfMemoryException; Clear writes exactly those bytes.
         SetHandle((nint)NativeMemory.AlignedAlloc((nuint)length, 64));
         NativeMemory.Clear((void*)handle, (nuint)length);
         Initialize((ulong)length);
@@ -17,6 +18,8 @@ internal sealed unsafe class NativeBuffer : SafeBuffer
 
     protected override bool ReleaseHandle()
     {
+        // SAFETY: SafeHandle runs this once, at release; the block came from AlignedAlloc, and owners release
+        // the buffer only after the last use of their views of it.
         NativeMemory.AlignedFree((void*)handle);
         return true;
     }

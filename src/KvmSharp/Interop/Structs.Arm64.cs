@@ -2,6 +2,8 @@ using System.Runtime.InteropServices;
 
 // arm64 uapi structs (<asm/kvm.h> of arch/arm64), kept under their C names.
 #pragma warning disable IDE1006, CS1591
+// SAFETY: `unsafe` on these structs only declares fixed-size buffers (the C arrays, inline). Indexing
+// one needs an unsafe context, which only code in this folder has; each such use says why it is in bounds.
 namespace KvmSharp.Interop.Arm64;
 
 [Uapi("kvm_run"), StructLayout(LayoutKind.Explicit, Size = 2352)]

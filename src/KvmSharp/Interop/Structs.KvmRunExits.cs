@@ -3,6 +3,8 @@ using System.Runtime.InteropServices;
 // The members of kvm_run's exit union that are the same on every architecture. Field offsets
 // are relative to the union, which starts at KvmRunLayout.ExitUnionOffset (32, or 48 on s390x).
 #pragma warning disable IDE1006, CS1591
+// SAFETY: `unsafe` on these structs only declares fixed-size buffers (the C arrays, inline). Indexing
+// one needs an unsafe context, which only code in this folder has; each such use says why it is in bounds.
 namespace KvmSharp.Interop;
 
 [Uapi("kvm_run", "hw"), StructLayout(LayoutKind.Explicit, Size = 8)]

@@ -5,6 +5,8 @@ using System.Runtime.InteropServices;
 // the machine that runs the code. Bit-fields are the one place where byte order changes the
 // layout itself; see kvm_sync_regs.BpbcBit.
 #pragma warning disable IDE1006, CS1591
+// SAFETY: `unsafe` on these structs only declares fixed-size buffers (the C arrays, inline). Indexing
+// one needs an unsafe context, which only code in this folder has; each such use says why it is in bounds.
 namespace KvmSharp.Interop.S390x;
 
 [Uapi("kvm_run"), StructLayout(LayoutKind.Explicit, Size = 2368)]

@@ -1,7 +1,10 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 // x86_64 uapi structs (<asm/kvm.h> of arch/x86), kept under their C names.
 #pragma warning disable IDE1006, CS1591
+// SAFETY: `unsafe` on these structs only declares fixed-size buffers (the C arrays, inline). Indexing
+// one needs an unsafe context, which only code in this folder has; each such use says why it is in bounds.
 namespace KvmSharp.Interop.X86;
 
 [Uapi("kvm_run"), StructLayout(LayoutKind.Explicit, Size = 2352)]
@@ -138,6 +141,9 @@ internal struct kvm_msrs
 internal struct kvm_msr_list
 {
     [FieldOffset(0)] public uint nmsrs;
+
+    /// <summary>The offset of index <paramref name="i"/> from the header's start.</summary>
+    public static int IndexOffset(int i) => Unsafe.SizeOf<kvm_msr_list>() + i * sizeof(uint);
 }
 
 [Uapi("kvm_cpuid_entry2"), StructLayout(LayoutKind.Explicit, Size = 40)]
@@ -159,6 +165,9 @@ internal struct kvm_cpuid2
 {
     [FieldOffset(0)] public uint nent;
     [FieldOffset(4)] public uint padding;
+
+    /// <summary>The offset of entry <paramref name="i"/> from the header's start; for i = nent, the whole struct's size.</summary>
+    public static int EntryOffset(int i) => Unsafe.SizeOf<kvm_cpuid2>() + i * Unsafe.SizeOf<kvm_cpuid_entry2>();
 }
 
 /// <summary>The fixed 4 KiB of <c>struct kvm_xsave</c>; <c>KVM_GET_XSAVE2</c> may use more (KVM_CAP_XSAVE2).</summary>

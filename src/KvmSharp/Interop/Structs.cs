@@ -1,7 +1,10 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 // Native structs keep their uapi names; they are internal and mirror <linux/kvm.h> exactly.
 #pragma warning disable IDE1006, CS1591
+// SAFETY: `unsafe` on these structs only declares fixed-size buffers (the C arrays, inline). Indexing
+// one needs an unsafe context, which only code in this folder has; each such use says why it is in bounds.
 namespace KvmSharp.Interop;
 
 [Uapi("kvm_userspace_memory_region"), StructLayout(LayoutKind.Explicit, Size = 32)]
@@ -43,6 +46,15 @@ internal unsafe struct kvm_enable_cap
     [FieldOffset(4)] public uint flags;
     [FieldOffset(8)] public fixed ulong args[4];
     [FieldOffset(40)] public fixed byte pad[64];
+
+    /// <summary>A request to enable <paramref name="capability"/> with one argument (the others 0).</summary>
+    public static kvm_enable_cap With(uint capability, ulong arg0)
+    {
+        var enable = new kvm_enable_cap { cap = capability };
+        // SAFETY: index 0 lies inside the 4-element fixed buffer of this local.
+        enable.args[0] = arg0;
+        return enable;
+    }
 }
 
 [Uapi("kvm_dirty_log"), StructLayout(LayoutKind.Explicit, Size = 16)]
@@ -78,6 +90,9 @@ internal struct kvm_dirty_gfn
 internal struct kvm_signal_mask
 {
     [FieldOffset(0)] public uint len;
+
+    /// <summary>The offset of the sigset that follows the header.</summary>
+    public static int SigsetOffset => Unsafe.SizeOf<kvm_signal_mask>();
 }
 
 [Uapi("kvm_irq_level"), StructLayout(LayoutKind.Explicit, Size = 8)]

@@ -1,113 +1,8 @@
-using System.Numerics;
+using System.Runtime.CompilerServices;
 using KvmSharp.Interop;
 using Microsoft.Extensions.ObjectPool;
 
 namespace KvmSharp;
-
-/// <summary>How KVM reports the pages the guest wrote.</summary>
-public enum DirtyLogBackend
-{
-    /// <summary>The best the kernel offers: the dirty ring if no vCPU exists yet, else manual protect, else the plain log.</summary>
-    Auto,
-
-    /// <summary>KVM_GET_DIRTY_LOG: a bitmap per slot; fetching it also re-arms tracking.</summary>
-    GetDirtyLog,
-
-    /// <summary>KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: re-arms only the pages reported.</summary>
-    ManualProtect,
-
-    /// <summary>KVM_CAP_DIRTY_LOG_RING: per-vCPU rings of dirty pages (enabled before vCPUs exist), reset with KVM_RESET_DIRTY_RINGS.</summary>
-    DirtyRing,
-}
-
-/// <summary>
-/// Pages written since the last <see cref="DirtyPageTracker.Harvest"/>, grouped by slot. Pooled:
-/// dispose it to give its buffers back.
-/// </summary>
-public sealed class DirtyPageList : IDisposable
-{
-    internal ObjectPool<DirtyPageList>? Pool;
-    private ulong[] _pages = new ulong[64];
-    private readonly List<(MemorySlot Slot, int Start, int Count)> _slots = [];
-
-    /// <summary>The total number of dirty pages.</summary>
-    public int Count { get; private set; }
-
-    /// <summary>The slots with dirty pages.</summary>
-    public int SlotCount => _slots.Count;
-
-    /// <summary>The <paramref name="index"/>-th slot with dirty pages (0 ≤ index &lt; <see cref="SlotCount"/>).</summary>
-    public MemorySlot SlotAt(int index) => _slots[index].Slot;
-
-    /// <summary>The dirty page numbers (ascending, relative to the slot) of the <paramref name="index"/>-th slot.</summary>
-    public ReadOnlySpan<ulong> PagesAt(int index)
-    {
-        var (_, start, count) = _slots[index];
-        return _pages.AsSpan(start, count);
-    }
-
-    /// <summary>The dirty page numbers of <paramref name="slot"/> (empty if none).</summary>
-    public ReadOnlySpan<ulong> PagesOf(MemorySlot slot)
-    {
-        foreach (var (s, start, count) in _slots)
-            if (s == slot) return _pages.AsSpan(start, count);
-        return default;
-    }
-
-    /// <summary>Guest-physical addresses of every dirty page, for diagnostics (allocates).</summary>
-    public IEnumerable<ulong> Addresses()
-    {
-        for (int i = 0; i < _slots.Count; i++)
-        {
-            var (slot, start, count) = _slots[i];
-            for (int j = 0; j < count; j++) yield return slot.GuestPhysicalAddress + _pages[start + j] * (ulong)VirtualMachine.PageSize;
-        }
-    }
-
-    internal void Clear()
-    {
-        _slots.Clear();
-        Count = 0;
-    }
-
-    /// <summary>Appends the set bits of <paramref name="bitmap"/> as the pages of <paramref name="slot"/>.</summary>
-    internal void AddBitmap(MemorySlot slot, ReadOnlySpan<ulong> bitmap)
-    {
-        int start = Count;
-        for (int w = 0; w < bitmap.Length; w++)
-        {
-            ulong bits = bitmap[w];
-            while (bits != 0)
-            {
-                int b = BitOperations.TrailingZeroCount(bits);
-                bits &= bits - 1;
-                if (Count == _pages.Length) Array.Resize(ref _pages, _pages.Length * 2);
-                _pages[Count++] = (ulong)w * 64 + (ulong)b;
-            }
-        }
-        if (Count > start) _slots.Add((slot, start, Count - start));
-    }
-
-    /// <summary>Returns the list to its pool.</summary>
-    public void Dispose()
-    {
-        Clear();
-        var pool = Pool;
-        Pool = null;
-        pool?.Return(this);
-    }
-
-    internal sealed class Policy : PooledObjectPolicy<DirtyPageList>
-    {
-        public override DirtyPageList Create() => new();
-
-        public override bool Return(DirtyPageList obj)
-        {
-            obj.Clear();
-            return true;
-        }
-    }
-}
 
 /// <summary>
 /// Tracks the pages of a VM's memory that were written — by the guest (reported by KVM) or by the
@@ -119,7 +14,7 @@ public sealed class DirtyPageList : IDisposable
 /// Thread-safe. Host writes through raw spans (<see cref="MemorySlot.Span"/>, <see cref="MemorySlot.GetSpan"/>)
 /// are invisible to KVM: report them with <see cref="MarkHostWrite"/>.
 /// </remarks>
-public sealed unsafe class DirtyPageTracker
+public sealed class DirtyPageTracker
 {
     private static readonly ObjectPool<DirtyPageList> s_lists = new DefaultObjectPool<DirtyPageList>(new DirtyPageList.Policy());
 
@@ -249,7 +144,7 @@ public sealed unsafe class DirtyPageTracker
             st.KernelBitmap ??= new NativeBuffer(Math.Max(bytes, 8));
             var view = new StructView(st.KernelBitmap, 0, Math.Max(bytes, 8));
             var log = new kvm_dirty_log { slot = (uint)st.Slot.Slot, dirty_bitmap = (ulong)view.Address };
-            int r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, (nint)(&log));
+            int r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_GET_DIRTY_LOG, ref log);
             if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_GET_DIRTY_LOG, r, $"slot {st.Slot.Slot}");
             var bitmap = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(view.Span.Slice(0, bytes));
             bool any = false;
@@ -267,7 +162,7 @@ public sealed unsafe class DirtyPageTracker
                     slot = (uint)st.Slot.Slot, first_page = 0,
                     num_pages = (uint)(st.Slot.Size / (ulong)VirtualMachine.PageSize), dirty_bitmap = (ulong)view.Address,
                 };
-                r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_CLEAR_DIRTY_LOG, (nint)(&clear));
+                r = _vm.Kernel.Ioctl(_vm.Fd, KvmIoctls.KVM_CLEAR_DIRTY_LOG, ref clear);
                 if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_CLEAR_DIRTY_LOG, r, $"slot {st.Slot.Slot}, {clear.num_pages} pages");
             }
         }
@@ -279,11 +174,11 @@ public sealed unsafe class DirtyPageTracker
         bool any = false;
         foreach (var ring in _rings)
         {
-            int entries = RingBytes / sizeof(kvm_dirty_gfn);
+            int entries = RingBytes / Unsafe.SizeOf<kvm_dirty_gfn>();
             while (true)
             {
                 int i = (int)(ring.Fetch % (uint)entries);
-                ref var gfn = ref ring.View.At<kvm_dirty_gfn>(i * sizeof(kvm_dirty_gfn));
+                ref var gfn = ref ring.View.At<kvm_dirty_gfn>(i * Unsafe.SizeOf<kvm_dirty_gfn>());
                 // Acquire: the slot/offset written by KVM are visible once DIRTY is.
                 if ((Volatile.Read(ref gfn.flags) & kvm_dirty_gfn.KVM_DIRTY_GFN_F_DIRTY) == 0) break;
                 int slotId = (int)(gfn.slot & 0xFFFF);
@@ -312,13 +207,4 @@ public sealed unsafe class DirtyPageTracker
     {
         lock (_lock) CollectRings();
     }
-}
-
-/// <summary>A vCPU's mapped dirty ring and its harvest position.</summary>
-internal sealed class DirtyRing(MappedMemoryHandle mapping, int bytes) : IDisposable
-{
-    public readonly StructView View = new(mapping, 0, bytes);
-    public uint Fetch;
-
-    public void Dispose() => mapping.Dispose();
 }

@@ -1,0 +1,81 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+
+namespace KvmSharp;
+
+/// <summary>A port I/O exit (<c>kvm_run.io</c>). For string I/O (<c>rep outs/ins</c>), <see cref="Count"/> items of <see cref="Size"/> bytes.</summary>
+public readonly ref struct IoExit
+{
+    private readonly RunBytes _bytes;
+    private readonly int _u;
+
+    internal IoExit(RunBytes run, int unionOffset)
+    {
+        _bytes = run;
+        _u = unionOffset;
+    }
+
+    /// <summary>In or out.</summary>
+    public IoDirection Direction => (IoDirection)Bytes[_u];
+
+    /// <summary>True for an OUT (guest write).</summary>
+    public bool IsOut => Bytes[_u] == 1;
+
+    /// <summary>Bytes per item: 1, 2 or 4.</summary>
+    public int Size => Bytes[_u + 1];
+
+    /// <summary>The port.</summary>
+    public ushort Port => MemoryMarshal.Read<ushort>(Bytes.Slice(_u + 2));
+
+    /// <summary>The number of items (1 unless string I/O).</summary>
+    public int Count => (int)MemoryMarshal.Read<uint>(Bytes.Slice(_u + 4));
+
+    /// <summary>
+    /// The data: <see cref="Size"/> × <see cref="Count"/> bytes inside the <c>kvm_run</c> mapping, in
+    /// the guest's byte order. For an IN, write the values the guest should read here before the next
+    /// run and before writing any register: the first register write completes the IN with what is
+    /// here (see <see cref="VcpuExit.Io"/>).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The kernel reported a data range outside the mapping.</exception>
+    public Span<byte> Data
+    {
+        get
+        {
+            var run = Bytes;
+            ulong offset = MemoryMarshal.Read<ulong>(run.Slice(_u + 8));
+            ulong length = (ulong)run[_u + 1] * MemoryMarshal.Read<uint>(run.Slice(_u + 4));
+            if (offset > (ulong)run.Length || length > (ulong)run.Length - offset)
+                throw new InvalidOperationException($"KVM reported I/O data at offset {offset} length {length}, outside the {run.Length}-byte kvm_run mapping.");
+            return run.Slice((int)offset, (int)length);
+        }
+    }
+
+    /// <summary>The first item as a little-endian number (x86 port I/O is little-endian).</summary>
+    public uint Value
+    {
+        get
+        {
+            var d = Data;
+            return Size switch
+            {
+                1 => d[0],
+                2 => BinaryPrimitives.ReadUInt16LittleEndian(d),
+                _ => BinaryPrimitives.ReadUInt32LittleEndian(d),
+            };
+        }
+    }
+
+    /// <summary>Stores <paramref name="value"/> as the first item, little-endian, for an IN to read.</summary>
+    public void SetValue(uint value)
+    {
+        var d = Data;
+        switch (Size)
+        {
+            case 1: d[0] = (byte)value; break;
+            case 2: BinaryPrimitives.WriteUInt16LittleEndian(d, (ushort)value); break;
+            default: BinaryPrimitives.WriteUInt32LittleEndian(d, value); break;
+        }
+    }
+
+    private Span<byte> Bytes => _bytes.Span;
+}

@@ -1,0 +1,383 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using KvmSharp.Interop;
+using KvmSharp.Registers;
+
+namespace KvmSharp;
+
+// Running: Run and its inlined fast path, the general run loop, timeouts, cancellation and kicks.
+public sealed partial class Vcpu
+{
+    /// <summary>
+    /// Writes back dirty registers, runs guest code until the next exit, and returns a view of the
+    /// exit. Wraps KVM_RUN. Allocates nothing.
+    /// </summary>
+    /// <returns>A view into <c>kvm_run</c>, valid until the next call to <see cref="Run()"/> or disposal.</returns>
+    /// <remarks>
+    /// A signal, <see cref="RequestExit"/> or <see cref="ImmediateExit"/> makes KVM_RUN fail with EINTR;
+    /// that is reported as <see cref="VcpuExitReason.Interrupted"/>, not thrown. Kicks made only to run
+    /// <see cref="Invoke"/> actions are absorbed: the actions run on this thread and the guest resumes.
+    /// Whatever the guest does is an exit, never an exception.
+    /// <para>x86 port I/O and MMIO exits (stock KVM): the exit reaches the caller with the instruction
+    /// not yet finished — RIP still points at it — and this method's next call finishes it inside
+    /// KVM_RUN before any guest code runs (stores an IN's or MMIO read's data, advances RIP), unless RIP
+    /// was moved meanwhile. Registers written through <see cref="X86"/> are loaded before that
+    /// completion; the cache makes every write mean what it says (see <see cref="VcpuExit.Io"/> and
+    /// <see cref="X86RegisterSync.Rip"/>). A HLT exit's RIP is past the <c>hlt</c>.</para>
+    /// <para>Performance: the common case (an x86 vCPU that has run before, nothing queued, only
+    /// registers that travel in <c>kvm_run</c> written) is small enough for the JIT to inline into
+    /// the calling method, so call <see cref="Run()"/> directly from the exit loop: the per-exit
+    /// cost is then one interlocked operation to take the vCPU, one to release it, and KVM_RUN.</para>
+    /// </remarks>
+    /// <exception cref="KvmException">KVM_RUN failed for another reason (e.g. EFAULT for a slot whose
+    /// memory vanished, EINVAL for invalid register state, ENOEXEC for an uninitialised arm64 vCPU).</exception>
+    /// <exception cref="InvalidOperationException">Another thread is running this vCPU.</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed or being disposed — also when
+    /// <see cref="Dispose"/> on another thread ended this run (it has no exit to report).</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
+    public VcpuExit Run()
+    {
+        // PERF: after KVM_RUN returns, the kernel's and the guest's work has evicted this thread's
+        // caches and branch predictors, so what the path between two KVM_RUNs costs is mostly the
+        // calls, cache lines and pages it touches. The common case — an x86 vCPU that has run
+        // before, on a thread that has run a vCPU before, nothing queued, only kvm_run-borne
+        // registers dirty — is this short inlinable block: the JIT folds it into the caller's exit
+        // loop, where the P/Invoke frame setup and the thread-static base move out of the loop.
+        // It has no try/finally because nothing in it throws; every other case is RunSlow.
+        // AggressiveOptimization: this method gets no tier-0 profile, so the JIT never judges the
+        // inlined block cold from calls made during warm-up (first runs take RunSlow) — with such
+        // a profile it sometimes left the P/Invoke out of line, ~70 ns per exit.
+        int me = KickSignal.PreparedThreadId;
+        if (me != 0 && Volatile.Read(ref _state) == Owned(me) && CanRunFast)
+        {
+            // This thread owns the vCPU from its last run. Publish it to kickers (a full barrier: a
+            // RequestExit either sees this thread or its request is seen below); only this thread
+            // changes an owned state, except Dispose's terminal write after it took the vCPU.
+            Interlocked.Exchange(ref _state, OwnedRunning(me));
+            var x86 = _x86Hooks!;
+            x86.FlushInline(_runAddress);
+            int r = EnterKvmRun();
+            Volatile.Write(ref _state, Owned(me));
+            x86.AfterRun(r, _runAddress);
+            if (r < 0) return RunOwned(me, r);
+            return new VcpuExit(this, RunPage, KvmArchitecture.X86_64);
+        }
+        return RunSlow();
+    }
+
+    /// <summary>
+    /// Whether <see cref="Run()"/> takes its inlined path (given the thread that owns the vCPU): an
+    /// x86 vCPU without a dirty ring that has run once (its signal mask is set), no Invoke queued, not
+    /// being disposed, and a register write-back that needs no ioctl. Run loops get it too.
+    /// </summary>
+    internal bool CanRunFast
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _fastPath && (Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) == 0 && _x86Hooks!.CanFlushInline;
+    }
+
+    /// <summary>Every case of <see cref="Run()"/> the inlined fast path does not take.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private VcpuExit RunSlow()
+    {
+        // The OS thread id identifies the owner and is where kicks go.
+        int me = KickSignal.PrepareCurrentThread();
+        if (Volatile.Read(ref _disposing) != 0)
+        {
+            // Another thread's Dispose waits for the owner to let go: do, and say why.
+            if (Owner(Volatile.Read(ref _state)) == me) ThrowDisposedReleasing(me);
+            ThrowHelper.ThrowObjectDisposed(this);
+        }
+        // Take the vCPU (free, or its owner's thread ended) or keep it: it stays this thread's after
+        // the run. The thread is published to kickers only around each KVM_RUN (RunOwned).
+        Acquire(me);
+        return RunOwned(me, 0, entered: false);
+    }
+
+    /// <summary>
+    /// The general run loop, entered owning the vCPU: either before the first KVM_RUN
+    /// (<paramref name="entered"/> false) or with the result <paramref name="r"/> of one the fast
+    /// path made. The thread is published to kickers only around each KVM_RUN, so a kick during the
+    /// rest (Invoke actions, ioctls, draining) costs no signal. The vCPU stays owned by this thread
+    /// on the way out — unless another thread is disposing it, which this thread then lets do.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)] // rare: keep it out of the callers Run is inlined into
+    private VcpuExit RunOwned(int me, int r, bool entered = true)
+    {
+        try
+        {
+            var run = RunPage;
+            if (!entered)
+            {
+                if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(me);
+                if (!_signalMaskSet || Volatile.Read(ref _invokeCount) != 0) BeforeFirstEntry();
+            }
+            while (true)
+            {
+                if (!entered)
+                {
+                    if (_x86Hooks is { } x86) x86.BeforeRun(_runAddress);
+                    else _hooks.BeforeRun();
+                    // Publish the thread (a full barrier: a RequestExit either sees it or its request
+                    // is seen by EnterKvmRun), enter, withdraw.
+                    Interlocked.Exchange(ref _state, OwnedRunning(me));
+                    r = EnterKvmRun();
+                    Volatile.Write(ref _state, Owned(me));
+                    if (_x86Hooks is { } x86After) x86After.AfterRun(r, _runAddress);
+                    else _hooks.AfterRun(r);
+                }
+                entered = false;
+                if ((r < 0 || DirtyRing is not null) && !EndsRun(r)) continue;
+                return new VcpuExit(this, run, Architecture);
+            }
+        }
+        finally
+        {
+            // A kicker that saw the thread just before it was withdrawn may still send its signal:
+            // harmless, it stays pending (blocked) until a later run drains it, and if this thread
+            // ended and its tid were reused, the process-wide SIG_IGN discards it (see KickSignal).
+            // Owned, not running (an exception may have left the flag set).
+            Interlocked.CompareExchange(ref _state, Owned(me), OwnedRunning(me));
+        }
+    }
+
+    /// <summary>
+    /// Sets <c>immediate_exit</c> and issues KVM_RUN (the caller owns the vCPU, its thread published,
+    /// registers written back). Returns KVM_RUN's result, or -errno.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int EnterKvmRun()
+    {
+        // The request flags are the truth: a stale immediate_exit from an earlier kick is cleared; a
+        // request, a queued Invoke or a disposal begun before this point makes KVM_RUN return at once. A kick racing with this write
+        // saw the published thread, so its signal (blocked here, pending) interrupts KVM_RUN.
+        KvmRunPage.WriteByte(_runAddress, KvmRunPage.ImmediateExit,
+            (Volatile.Read(ref _exitRequested) | Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) != 0 ? (byte)1 : (byte)0);
+        return _nativeKernel ? LinuxKernel.Run(_fdNumber) : Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+    }
+
+    /// <summary>Run's rare work before entering: the signal mask (first run), queued Invoke actions.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void BeforeFirstEntry()
+    {
+        if (!_signalMaskSet) SetSignalMask();
+        RunQueuedInvokes();
+    }
+
+    /// <summary>Runs queued Invoke actions on this (owning) thread; throws if one disposed the vCPU.</summary>
+    private void RunQueuedInvokes()
+    {
+        if (Volatile.Read(ref _invokeCount) == 0) return;
+        RunInvokes();
+        // An action may have disposed the vCPU (touch nothing of it any more), or another thread is
+        // disposing it and waits for this thread to let go.
+        if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(KickSignal.CurrentThreadId);
+    }
+
+    /// <summary>
+    /// Run's rare outcomes: a failed or interrupted KVM_RUN, or an exit while a dirty ring is in use.
+    /// Returns true when Run returns the exit now, false when it enters KVM_RUN again.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool EndsRun(int r)
+    {
+        if (r >= 0)
+        {
+            // A full dirty ring: drain the rings into the tracker, then let the guest go on.
+            if (LastExitReason != (uint)VcpuExitReason.DirtyRingFull) return true;
+            _vm.DirtyTracker!.OnRingFull();
+            RunQueuedInvokes();
+            return false;
+        }
+        // EAGAIN: an x86 AP left KVM_MP_STATE_UNINITIALIZED (INIT/SIPI); enter again, as QEMU does.
+        if (r != -Errno.EINTR && r != -Errno.EAGAIN) ThrowRunFailed(r);
+        // Interrupted: consume the kick signal (it stays pending after KVM_RUN).
+        KickSignal.Drain();
+        // Only a request (or disposal) ends the run; an Invoke kick, a stray signal or EAGAIN re-enters.
+        if (Interlocked.Exchange(ref _exitRequested, 0) == 0 && Volatile.Read(ref _disposing) == 0)
+        {
+            RunQueuedInvokes();
+            return false;
+        }
+        // A Dispose on another thread kicked this run and waits for this thread to let go: it has no
+        // exit to report, and kvm_run is about to be unmapped, so no view of it is returned.
+        if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(KickSignal.CurrentThreadId);
+        var run = RunPage;
+        run[KvmRunPage.ImmediateExit] = 0;
+        // KVM leaves exit_reason stale on EINTR; report the interruption itself.
+        MemoryMarshal.Write(run.Slice(KvmRunPage.ExitReason, 4), (uint)VcpuExitReason.Interrupted);
+        return true;
+    }
+
+    /// <summary>
+    /// Runs like <see cref="Run()"/>, but returns <see cref="VcpuExitReason.Interrupted"/> once
+    /// <paramref name="timeout"/> has passed (built on <see cref="RequestExit"/>).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// A negative timeout other than <see cref="Timeout.InfiniteTimeSpan"/>, or one longer than a
+    /// <see cref="Timer"/> can wait (4 294 967 294 ms).
+    /// </exception>
+    /// <inheritdoc cref="Run()" path="/exception"/>
+    public VcpuExit Run(TimeSpan timeout)
+    {
+        if (timeout == Timeout.InfiniteTimeSpan) return Run();
+        ArgumentOutOfRangeException.ThrowIfLessThan(timeout, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(timeout, MaxTimerWait);
+        // Refuse before touching the shared timer: another thread's run must keep its own deadline.
+        if (IsOwnedByAnotherThread) ThrowOwned(KickSignal.CurrentThreadId);
+        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        var timer = _timer ??= new Timer(static s => ((Vcpu)s!).OnTimer(), this, Timeout.Infinite, Timeout.Infinite);
+        lock (_timerLock)
+        {
+            _timerState = 1;
+            _timerDeadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        }
+        timer.Change(timeout, Timeout.InfiniteTimeSpan);
+        bool interrupted = false;
+        try
+        {
+            var exit = Run();
+            interrupted = exit.Reason == VcpuExitReason.Interrupted;
+            return exit;
+        }
+        finally
+        {
+            timer.Change(Timeout.Infinite, Timeout.Infinite);
+            bool fired;
+            lock (_timerLock)
+            {
+                fired = _timerState == 2;
+                _timerState = 0;
+            }
+            // The timer fired after the run had already exited for another reason: withdraw its request.
+            if (fired && !interrupted) CancelExitRequest();
+        }
+    }
+
+    private static readonly TimeSpan MaxTimerWait = TimeSpan.FromMilliseconds(uint.MaxValue - 1);
+
+    private void OnTimer()
+    {
+        lock (_timerLock)
+        {
+            if (_timerState != 1) return;
+            // A callback of an earlier run, queued just before that run disarmed the timer, may arrive
+            // during a later run; so may one that fires a little early. Neither ends this run before
+            // its deadline: wait for the rest of it.
+            long left = _timerDeadline - Stopwatch.GetTimestamp();
+            if (left > 0)
+            {
+                try
+                {
+                    _timer?.Change(TimeSpan.FromMilliseconds(Math.Ceiling(left * 1000.0 / Stopwatch.Frequency)), Timeout.InfiniteTimeSpan);
+                }
+                catch (ObjectDisposedException)
+                {
+                    // The vCPU was disposed meanwhile: there is no run left to end.
+                }
+                return;
+            }
+            _timerState = 2;
+            RequestExit();
+        }
+    }
+
+    /// <summary>
+    /// Runs like <see cref="Run()"/>, but returns <see cref="VcpuExitReason.Interrupted"/> when
+    /// <paramref name="cancellationToken"/> is cancelled (built on <see cref="RequestExit"/>).
+    /// A token already cancelled makes the run return at once.
+    /// </summary>
+    /// <inheritdoc cref="Run()" path="/exception"/>
+    public VcpuExit Run(CancellationToken cancellationToken)
+    {
+        if (!cancellationToken.CanBeCanceled) return Run();
+        using var registration = cancellationToken.UnsafeRegister(static s => ((Vcpu)s!).RequestExit(), this);
+        return Run();
+    }
+
+    /// <summary>
+    /// Makes the vCPU leave KVM_RUN: promptly if it is inside, at once if it is about to enter; a vCPU
+    /// not running is unaffected except that its next <see cref="Run()"/> returns at once (with
+    /// <see cref="VcpuExitReason.Interrupted"/>) unless <see cref="CancelExitRequest"/> is called first.
+    /// Callable from any thread, at any moment; never blocks. Needs KVM_CAP_IMMEDIATE_EXIT.
+    /// </summary>
+    public void RequestExit()
+    {
+        if (Volatile.Read(ref _disposing) != 0) return;
+        Volatile.Write(ref _exitRequested, 1);
+        Kick();
+    }
+
+    /// <summary>Withdraws a <see cref="RequestExit"/> that no run has consumed yet.</summary>
+    public void CancelExitRequest() => Volatile.Write(ref _exitRequested, 0);
+
+    /// <summary>immediate_exit, then the signal to the thread inside KVM_RUN, if any.</summary>
+    private void Kick()
+    {
+        // Counted before the disposal check: Dispose waits for every kicker that got past it before
+        // it unmaps kvm_run, so this write never hits freed memory.
+        Interlocked.Increment(ref _kickers);
+        try
+        {
+            if (Volatile.Read(ref _disposing) != 0) return;
+            KickUnchecked();
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _kickers);
+        }
+    }
+
+    private void KickUnchecked()
+    {
+        KvmRunPage.WriteByte(_runAddress, KvmRunPage.ImmediateExit, 1);
+        Interlocked.MemoryBarrier(); // immediate_exit is visible before we look for the thread
+        long state = Volatile.Read(ref _state);
+        if ((state & RunningFlag) != 0) KickSignal.Send(Owner(state));
+    }
+
+    /// <summary>Tells KVM to unblock the kick signal inside KVM_RUN (once per vCPU; the calling thread blocks it already).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void SetSignalMask()
+    {
+        using var buf = new NativeBuffer(kvm_signal_mask.SigsetOffset + Libc.KernelSigsetBytes);
+        var view = new StructView(buf, 0, (int)buf.ByteLength);
+        view.At<kvm_signal_mask>(0).len = Libc.KernelSigsetBytes;
+        view.At<ulong>(kvm_signal_mask.SigsetOffset) = KickSignal.RunMask();
+        int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_SET_SIGNAL_MASK, view.Address);
+        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_SIGNAL_MASK, r, $"vcpu {Id}, unblocking signal {KickSignal.Number} inside KVM_RUN");
+        _signalMaskSet = true;
+        _fastPath = _x86Hooks is not null && DirtyRing is null;
+    }
+
+    /// <summary>
+    /// Enters KVM_RUN with <c>immediate_exit</c> set, so that KVM completes a pending I/O or MMIO
+    /// access (and advances the PC past it) without running guest code. Used by the register
+    /// strategies before they write registers the completion would clobber. Bypasses the cache hooks.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Completing the access produced a new exit (a string I/O
+    /// or MMIO instruction that needs more data): handle exits until the instruction is done first.</exception>
+    internal void CompletePendingAccess()
+    {
+        var run = RunSpan();
+        run[KvmRunPage.ImmediateExit] = 1; // Run recomputes it from the request flag before every entry
+        int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
+        run[KvmRunPage.ImmediateExit] = 0;
+        if (r >= 0)
+            throw new InvalidOperationException(
+                $"vCPU {Id}: completing the pending I/O or MMIO access produced another exit ({(VcpuExitReason)LastExitReason}); a string or split access needs more handling before registers can be saved or written.");
+        if (r != -Errno.EINTR) ThrowRunFailed(r);
+        // PERF: no signal drain here (a syscall): a kick that arrived meanwhile stays pending and
+        // makes the next real KVM_RUN return EINTR, which Run drains and re-enters.
+    }
+
+    /// <summary>The raw <c>kvm_run.exit_reason</c> of the last run (stale after an EINTR).</summary>
+    internal uint LastExitReason => MemoryMarshal.Read<uint>(RunPage.Slice(KvmRunPage.ExitReason, 4));
+
+    /// <summary>The vCPU's <c>kvm_run</c> mapping, for the register strategies' views.</summary>
+    internal MappedMemoryHandle RunMapping => _run;
+
+    private void ThrowRunFailed(int r) =>
+        ThrowHelper.ThrowKvm(KvmIoctls.KVM_RUN, r, $"vcpu {Id}");
+}

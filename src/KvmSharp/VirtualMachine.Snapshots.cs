@@ -1,0 +1,185 @@
+using KvmSharp.Snapshots;
+
+namespace KvmSharp;
+
+// Snapshots: capturing and restoring the whole VM, with every vCPU taken for the duration.
+public sealed partial class VirtualMachine
+{
+    private VmSnapshot? _baseline;
+    // The baseline's slots and vCPUs matched to this VM's; valid while _baseline is (it is cleared
+    // whenever slots or vCPUs change). PERF: a repeated restore allocates nothing.
+    private Dictionary<MemorySlot, VmSnapshot.SlotImage>? _baselineSlots;
+    private List<(Vcpu, Registers.RegisterState)>? _baselineVcpus;
+
+    /// <summary>
+    /// Captures every vCPU's registers (level Full) and all guest memory. Turns dirty tracking on if
+    /// it is off (so that <see cref="Restore"/> can copy back only what changed) and makes this
+    /// snapshot the baseline that tracking measures from.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A vCPU is running: pause the VM first.</exception>
+    /// <exception cref="KvmException">An ioctl failed.</exception>
+    public VmSnapshot CreateSnapshot()
+    {
+        lock (_lock) ThrowIfAnyRunning();
+        var tracker = DirtyTracker ?? EnableDirtyTracking();
+        lock (_lock)
+        {
+            TakeAllVcpus("taking a snapshot");
+            try
+            {
+                return CreateSnapshotHeld(tracker);
+            }
+            finally
+            {
+                GiveBackAllVcpus(_vcpus.Count);
+            }
+        }
+    }
+
+    private VmSnapshot CreateSnapshotHeld(DirtyPageTracker tracker)
+    {
+        // Registers first: saving completes a pending I/O or MMIO access, which may write memory.
+        var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
+        tracker.Harvest().Dispose(); // start a fresh tracking period: memory == snapshot from here
+        var slots = _slots.OrderBy(s => s.Slot).Select(s =>
+        {
+            var data = GC.AllocateUninitializedArray<byte>(checked((int)s.Size));
+            s.Mapping.Slice(0, data.Length).CopyTo(data);
+            return new VmSnapshot.SlotImage(s.Slot, s.Flags, s.GuestPhysicalAddress, s.Size, data);
+        }).ToArray();
+        var snapshot = new VmSnapshot(Architecture, vcpus, slots);
+        _baseline = snapshot;
+        _baselineSlots = MatchSlots(snapshot);
+        _baselineVcpus = MatchVcpus(snapshot);
+        return snapshot;
+    }
+
+    /// <summary>
+    /// Puts the VM back into the state of <paramref name="snapshot"/>: memory, then every vCPU's
+    /// registers at level Full. When the VM's memory last matched this snapshot (it was created here,
+    /// or restored last), only the pages written since — by the guest, or through the slot write
+    /// methods — are copied back, so the cost follows the dirty pages, not the RAM size. Otherwise all
+    /// memory is copied once and the snapshot becomes the baseline.
+    /// </summary>
+    /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots or vCPUs do not match this VM's (named).</exception>
+    /// <exception cref="InvalidOperationException">A vCPU is running: pause the VM first.</exception>
+    /// <exception cref="KvmException">An ioctl failed.</exception>
+    public void Restore(VmSnapshot snapshot)
+    {
+        ArgumentNullException.ThrowIfNull(snapshot);
+        if (snapshot.Architecture != Architecture)
+            throw new ArgumentException($"The snapshot is of {snapshot.Architecture}; this VM is {Architecture}.", nameof(snapshot));
+        var tracker = DirtyTracker ?? EnableDirtyTracking();
+        lock (_lock)
+        {
+            TakeAllVcpus("restoring a snapshot");
+            try
+            {
+                RestoreHeld(snapshot, tracker);
+            }
+            finally
+            {
+                GiveBackAllVcpus(_vcpus.Count);
+            }
+        }
+    }
+
+    private void RestoreHeld(VmSnapshot snapshot, DirtyPageTracker tracker)
+    {
+        bool incremental = ReferenceEquals(_baseline, snapshot);
+        var slots = incremental ? _baselineSlots! : MatchSlots(snapshot);
+        var vcpus = incremental ? _baselineVcpus! : MatchVcpus(snapshot);
+        // Registers first: restoring completes a pending I/O or MMIO access, whose memory writes
+        // are then among the dirty pages copied back below.
+        foreach (var (vcpu, state) in vcpus)
+            vcpu.Registers.RestoreState(state);
+        using (var dirty = tracker.Harvest())
+        {
+            if (incremental)
+            {
+                int page = PageSize;
+                for (int i = 0; i < dirty.SlotCount; i++)
+                {
+                    var slot = dirty.SlotAt(i);
+                    var image = slots[slot];
+                    // PERF: copy page by page straight from the snapshot into the mapping; no buffers.
+                    foreach (ulong p in dirty.PagesAt(i))
+                        image.Data.AsSpan((int)(p * (ulong)page), page).CopyTo(slot.Mapping.Slice(p * (ulong)page, page));
+                }
+            }
+            else
+            {
+                foreach (var (slot, image) in slots)
+                    image.Data.CopyTo(slot.Mapping.Slice(0, image.Data.Length));
+                _baseline = snapshot;
+                _baselineSlots = slots;
+                _baselineVcpus = vcpus;
+            }
+        }
+    }
+
+    private Dictionary<MemorySlot, VmSnapshot.SlotImage> MatchSlots(VmSnapshot snapshot)
+    {
+        var map = new Dictionary<MemorySlot, VmSnapshot.SlotImage>();
+        foreach (var image in snapshot.Slots)
+        {
+            var slot = _slots.FirstOrDefault(s => s.Slot == image.Slot)
+                ?? throw new ArgumentException($"The snapshot has memory slot {image.Slot} (0x{image.GuestPhysicalAddress:X}, 0x{image.Size:X} bytes), which this VM lacks.", nameof(snapshot));
+            if (slot.GuestPhysicalAddress != image.GuestPhysicalAddress || slot.Size != image.Size)
+                throw new ArgumentException($"Memory slot {slot.Slot} is 0x{slot.GuestPhysicalAddress:X}+0x{slot.Size:X} here but 0x{image.GuestPhysicalAddress:X}+0x{image.Size:X} in the snapshot.", nameof(snapshot));
+            map[slot] = image;
+        }
+        if (map.Count != _slots.Count)
+            throw new ArgumentException($"This VM has memory slots the snapshot lacks: {string.Join(", ", _slots.Where(s => !map.ContainsKey(s)).Select(s => s.Slot))}.", nameof(snapshot));
+        return map;
+    }
+
+    private List<(Vcpu, Registers.RegisterState)> MatchVcpus(VmSnapshot snapshot)
+    {
+        var list = new List<(Vcpu, Registers.RegisterState)>();
+        foreach (var (id, state) in snapshot.VcpuStates)
+        {
+            var vcpu = _vcpus.FirstOrDefault(v => v.Id == id)
+                ?? throw new ArgumentException($"The snapshot has vCPU {id}, which this VM lacks.", nameof(snapshot));
+            list.Add((vcpu, state));
+        }
+        if (list.Count != _vcpus.Count)
+            throw new ArgumentException("This VM has vCPUs the snapshot lacks.", nameof(snapshot));
+        return list;
+    }
+
+    private bool[] _keptVcpus = []; // TakeAllVcpus: whether this thread owned each vCPU before (reused: a restore allocates nothing)
+
+    /// <summary>
+    /// Takes every vCPU for the calling thread (caller holds the lock), so that none runs while a
+    /// snapshot is taken or restored; a vCPU another live thread owns is refused, naming it, and
+    /// nothing is changed.
+    /// </summary>
+    private void TakeAllVcpus(string operation)
+    {
+        _ = Fd;
+        if (_keptVcpus.Length < _vcpus.Count) _keptVcpus = new bool[_vcpus.Count];
+        int taken = 0;
+        try
+        {
+            for (; taken < _vcpus.Count; taken++) _keptVcpus[taken] = _vcpus[taken].TakeForVm(operation);
+        }
+        catch
+        {
+            GiveBackAllVcpus(taken);
+            throw;
+        }
+    }
+
+    private void GiveBackAllVcpus(int count)
+    {
+        for (int i = 0; i < count; i++) _vcpus[i].GiveBackFromVm(_keptVcpus[i]);
+    }
+
+    private void ThrowIfAnyRunning()
+    {
+        _ = Fd;
+        foreach (var v in _vcpus)
+            if (v.IsOwnedByAnotherThread) throw new InvalidOperationException($"vCPU {v.Id} is running or owned by another thread; pause every vCPU before taking or restoring a snapshot.");
+    }
+}
