@@ -62,13 +62,29 @@ public sealed partial class VirtualMachine : IDisposable
         }
     }
 
-    /// <summary>Wraps KVM_ENABLE_CAP on the VM with one argument (internal: the dirty-log set-up and tests use it).</summary>
-    internal void EnableCap(KvmCapability cap, ulong arg0)
+    /// <summary>
+    /// Enables a VM capability with its arguments, as api.rst describes each (e.g.
+    /// <see cref="KvmCapability.X86UserSpaceMsr"/> with the KVM_MSR_EXIT_REASON_* bits in
+    /// <paramref name="arg0"/> makes the MSR accesses KVM cannot handle exit to user space as
+    /// <see cref="VcpuExitReason.X86Rdmsr"/>/<see cref="VcpuExitReason.X86Wrmsr"/>;
+    /// <see cref="KvmCapability.ArmNisvToUser"/> reports data aborts without a valid syndrome as
+    /// <see cref="VcpuExitReason.ArmNisv"/>). Wraps KVM_ENABLE_CAP on the VM fd; needs
+    /// KVM_CAP_ENABLE_CAP_VM. Capabilities KvmSharp enables itself (dirty logging) have their own
+    /// methods: use those.
+    /// </summary>
+    /// <exception cref="KvmException">KVM refused (e.g. EINVAL for a capability it does not offer on VMs,
+    /// or arguments it does not accept; the message names the capability and the arguments).</exception>
+    /// <exception cref="ObjectDisposedException">The VM is disposed.</exception>
+    public void EnableCapability(KvmCapability capability, ulong arg0 = 0, ulong arg1 = 0, ulong arg2 = 0, ulong arg3 = 0)
     {
-        var enable = kvm_enable_cap.With((uint)cap, arg0);
+        var enable = kvm_enable_cap.With((uint)capability, arg0, arg1, arg2, arg3);
         int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_ENABLE_CAP, ref enable);
-        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_ENABLE_CAP, r, $"{cap} (arg 0x{arg0:X})");
+        if (r < 0)
+            ThrowHelper.ThrowKvm(KvmIoctls.KVM_ENABLE_CAP, r, $"{capability} ({(int)capability}), args 0x{arg0:X}, 0x{arg1:X}, 0x{arg2:X}, 0x{arg3:X}");
     }
+
+    /// <summary>Wraps KVM_ENABLE_CAP on the VM with one argument (the dirty-log set-up uses it).</summary>
+    internal void EnableCap(KvmCapability cap, ulong arg0) => EnableCapability(cap, arg0);
 
     /// <summary>The host page size; slot addresses and sizes must be multiples of it.</summary>
     public static int PageSize { get; } = Environment.SystemPageSize;

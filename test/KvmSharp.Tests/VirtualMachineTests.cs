@@ -131,6 +131,33 @@ public class VirtualMachineTests : KvmTestBase
         Assert.That(KvmUnavailableTests.FdCount(), Is.EqualTo(fds), "no fd left in /proc/self/fd");
     }
 
+    [Test]
+    public void EnableCapability_UserSpaceMsr_TurnsAnUnknownRdmsrIntoAnExit_WhoseDataTheGuestReads()
+    {
+        const uint UnknownMsr = 0x4000_1234; // no MSR KVM emulates
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(Iced.Intel.AssemblerRegisters.ecx, UnknownMsr);
+            a.rdmsr();
+            a.mov(Iced.Intel.AssemblerRegisters.__dword_ptr[TestGuest.DataAddress], Iced.Intel.AssemblerRegisters.eax);
+            a.mov(Iced.Intel.AssemblerRegisters.__dword_ptr[TestGuest.DataAddress + 4], Iced.Intel.AssemblerRegisters.edx);
+            a.hlt();
+        });
+        // KVM_MSR_EXIT_REASON_INVAL | _UNKNOWN | _FILTER: whatever KVM cannot handle goes to user space.
+        g.Vm.EnableCapability(KvmCapability.X86UserSpaceMsr, 0b111);
+        var exit = g.Cpu.Run();
+        Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.X86Rdmsr), "without the capability KVM would inject #GP");
+        var msr = exit.X86Msr;
+        Assert.That(msr.Index, Is.EqualTo(UnknownMsr));
+        Assert.That(msr.ExitReasonFlags, Is.Not.Zero);
+        msr.Data = 0x1122_3344_5566_7788;
+        msr.Error = 0;
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+        Assert.That(g.Ram.Read<ulong>(TestGuest.DataAddress), Is.EqualTo(0x1122_3344_5566_7788UL), "EDX:EAX got the handler's value");
+
+        var refused = Assert.Throws<KvmException>(() => g.Vm.EnableCapability((KvmCapability)0x7FFF_0000));
+        Assert.That(refused!.Message, Does.Contain("KVM_ENABLE_CAP").And.Contain("EINVAL"));
+    }
 }
 
 public class MemorySlotLimitTests : KvmTestBase

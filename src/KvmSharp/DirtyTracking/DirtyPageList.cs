@@ -11,6 +11,11 @@ public sealed class DirtyPageList : IDisposable
 {
     internal ObjectPool<DirtyPageList>? Pool;
     private ulong[] _pages = new ulong[64];
+
+    /// <summary>Lists come from <see cref="DirtyPageTracker.Harvest"/> (pooled), never from user code.</summary>
+    internal DirtyPageList()
+    {
+    }
     private readonly List<(MemorySlot Slot, int Start, int Count)> _slots = [];
 
     /// <summary>The total number of dirty pages.</summary>

@@ -47,12 +47,15 @@ internal unsafe struct kvm_enable_cap
     [FieldOffset(8)] public fixed ulong args[4];
     [FieldOffset(40)] public fixed byte pad[64];
 
-    /// <summary>A request to enable <paramref name="capability"/> with one argument (the others 0).</summary>
-    public static kvm_enable_cap With(uint capability, ulong arg0)
+    /// <summary>A request to enable <paramref name="capability"/> with up to four arguments (the others 0).</summary>
+    public static kvm_enable_cap With(uint capability, ulong arg0, ulong arg1 = 0, ulong arg2 = 0, ulong arg3 = 0)
     {
         var enable = new kvm_enable_cap { cap = capability };
-        // SAFETY: index 0 lies inside the 4-element fixed buffer of this local.
+        // SAFETY: indices 0–3 lie inside the 4-element fixed buffer of this local.
         enable.args[0] = arg0;
+        enable.args[1] = arg1;
+        enable.args[2] = arg2;
+        enable.args[3] = arg3;
         return enable;
     }
 }
