@@ -56,6 +56,7 @@ public sealed partial class Vcpu
         if ((state == 0 || OwnerIsGone(state)) && Interlocked.CompareExchange(ref _state, me, state) == state)
         {
             // Nobody owns the vCPU (or its owner's thread has ended): serve the queue here, then let go.
+            Volatile.Write(ref _ownerInfo, OwnerInfo.Current(KickSignal.CurrentThreadId)); // a dead owner's reused tid must not look like this one
             _invokeDepth++;
             try
             {

@@ -202,6 +202,7 @@ public sealed partial class Vcpu
                && Interlocked.CompareExchange(ref _state, me, 0) == 0)
         {
             served = true;
+            Volatile.Write(ref _ownerInfo, OwnerInfo.Current(KickSignal.CurrentThreadId));
             _invokeDepth++;
             try
             {
