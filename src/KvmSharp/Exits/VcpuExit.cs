@@ -17,15 +17,13 @@ namespace KvmSharp;
 /// </remarks>
 public readonly ref struct VcpuExit
 {
-    private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly RunBytes _run;
     private readonly int _u;
     private readonly KvmArchitecture _arch;
 
     internal VcpuExit(Vcpu vcpu, Span<byte> run, KvmArchitecture arch)
     {
-        _vcpu = vcpu;
-        _bytes = run;
+        _run = new RunBytes(vcpu, run);
         _arch = arch;
         _u = arch.ExitUnionOffset();
     }
@@ -73,7 +71,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Io);
-            return new IoExit(new RunBytes(_vcpu, _bytes), _u);
+            return new IoExit(_run, _u);
         }
     }
 
@@ -84,7 +82,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Mmio);
-            return new MmioExit(new RunBytes(_vcpu, _bytes).Slice(_u, 24));
+            return new MmioExit(_run.Slice(_u, 24));
         }
     }
 
@@ -95,7 +93,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.SystemEvent);
-            return new SystemEventExit(new RunBytes(_vcpu, _bytes).Slice(_u, 136));
+            return new SystemEventExit(_run.Slice(_u, 136));
         }
     }
 
@@ -106,7 +104,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.InternalError);
-            return new InternalErrorExit(new RunBytes(_vcpu, _bytes).Slice(_u, 136));
+            return new InternalErrorExit(_run.Slice(_u, 136));
         }
     }
 
@@ -117,7 +115,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.FailEntry);
-            return new FailEntryExit(new RunBytes(_vcpu, _bytes).Slice(_u, 16));
+            return new FailEntryExit(_run.Slice(_u, 16));
         }
     }
 
@@ -128,7 +126,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Exception);
-            return new ExceptionExit(new RunBytes(_vcpu, _bytes).Slice(_u, 8));
+            return new ExceptionExit(_run.Slice(_u, 8));
         }
     }
 
@@ -139,7 +137,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Debug);
-            return new DebugExit(new RunBytes(_vcpu, _bytes).Slice(_u, 32), _arch);
+            return new DebugExit(_run.Slice(_u, 32), _arch);
         }
     }
 
@@ -151,7 +149,7 @@ public readonly ref struct VcpuExit
         {
             var r = Reason;
             if (r != VcpuExitReason.X86Rdmsr && r != VcpuExitReason.X86Wrmsr) ThrowWrongKind(RawReason, "X86Rdmsr or X86Wrmsr");
-            return new X86MsrExit(new RunBytes(_vcpu, _bytes).Slice(_u, 24));
+            return new X86MsrExit(_run.Slice(_u, 24));
         }
     }
 
@@ -162,7 +160,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Sieic);
-            return new S390SieicExit(new RunBytes(_vcpu, _bytes).Slice(_u, 8));
+            return new S390SieicExit(_run.Slice(_u, 8));
         }
     }
 
@@ -173,7 +171,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Ucontrol);
-            return new S390UcontrolExit(new RunBytes(_vcpu, _bytes).Slice(_u, 16));
+            return new S390UcontrolExit(_run.Slice(_u, 16));
         }
     }
 
@@ -184,20 +182,12 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.ArmNisv);
-            return new ArmNisvExit(new RunBytes(_vcpu, _bytes).Slice(_u, 16));
+            return new ArmNisvExit(_run.Slice(_u, 16));
         }
     }
 
     /// <summary>The <c>kvm_run</c> page; refused once the vCPU is disposed (the mapping is gone).</summary>
-    private Span<byte> Run
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get
-        {
-            _vcpu.ThrowIfDisposed();
-            return _bytes;
-        }
-    }
+    private Span<byte> Run => _run.Span;
 
     private T Field<T>(VcpuExitReason reason, int offset) where T : unmanaged
     {
