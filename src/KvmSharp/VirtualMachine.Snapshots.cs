@@ -16,18 +16,16 @@ public sealed partial class VirtualMachine
     /// it is off (so that <see cref="Restore"/> can copy back only what changed) and makes this
     /// snapshot the baseline that tracking measures from.
     /// </summary>
-    /// <exception cref="InvalidOperationException">A vCPU is running: pause the VM first.</exception>
+    /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
     public VmSnapshot CreateSnapshot()
     {
-        lock (_lock) ThrowIfAnyRunning();
-        var tracker = DirtyTracker ?? EnableDirtyTracking();
         lock (_lock)
         {
-            TakeAllVcpus("taking a snapshot");
+            TakeAllVcpus("taking a snapshot"); // first: a refusal leaves everything as it was
             try
             {
-                return CreateSnapshotHeld(tracker);
+                return CreateSnapshotHeld(DirtyTracker ?? EnableDirtyTracking());
             }
             finally
             {
@@ -62,20 +60,19 @@ public sealed partial class VirtualMachine
     /// memory is copied once and the snapshot becomes the baseline.
     /// </summary>
     /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots or vCPUs do not match this VM's (named).</exception>
-    /// <exception cref="InvalidOperationException">A vCPU is running: pause the VM first.</exception>
+    /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
     public void Restore(VmSnapshot snapshot)
     {
         ArgumentNullException.ThrowIfNull(snapshot);
         if (snapshot.Architecture != Architecture)
             throw new ArgumentException($"The snapshot is of {snapshot.Architecture}; this VM is {Architecture}.", nameof(snapshot));
-        var tracker = DirtyTracker ?? EnableDirtyTracking();
         lock (_lock)
         {
-            TakeAllVcpus("restoring a snapshot");
+            TakeAllVcpus("restoring a snapshot"); // first: a refusal leaves everything as it was
             try
             {
-                RestoreHeld(snapshot, tracker);
+                RestoreHeld(snapshot, DirtyTracker ?? EnableDirtyTracking());
             }
             finally
             {
@@ -174,12 +171,5 @@ public sealed partial class VirtualMachine
     private void GiveBackAllVcpus(int count)
     {
         for (int i = 0; i < count; i++) _vcpus[i].GiveBackFromVm(_keptVcpus[i]);
-    }
-
-    private void ThrowIfAnyRunning()
-    {
-        _ = Fd;
-        foreach (var v in _vcpus)
-            if (v.IsOwnedByAnotherThread) throw new InvalidOperationException($"vCPU {v.Id} is running or owned by another thread; pause every vCPU before taking or restoring a snapshot.");
     }
 }
