@@ -32,7 +32,7 @@ internal static class KvmArchitectures
         arch == KvmArchitecture.S390x ? Interop.S390x.kvm_run.ExitUnionOffset : Interop.X86.kvm_run.ExitUnionOffset;
 
     /// <summary>Offset of <c>kvm_valid_regs</c>; <c>kvm_dirty_regs</c> follows at +8 and <c>s</c> at +16.</summary>
-    public static int SyncRegsHeaderOffset(this KvmArchitecture arch) => arch.ExitUnionOffset() + 256;
+    public static int SyncRegsHeaderOffset(this KvmArchitecture arch) => arch.ExitUnionOffset() + Interop.KvmRunPage.ExitUnionSize;
 
     /// <summary><c>sizeof(struct kvm_run)</c>.</summary>
     public static int KvmRunSize(this KvmArchitecture arch) =>

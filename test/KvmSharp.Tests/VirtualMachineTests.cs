@@ -150,13 +150,34 @@ public class VirtualMachineTests : KvmTestBase
         var msr = exit.X86Msr;
         Assert.That(msr.Index, Is.EqualTo(UnknownMsr));
         Assert.That(msr.ExitReasonFlags, Is.Not.Zero);
+        Assert.That(msr.Error, Is.False, "an exit arrives with the access allowed");
         msr.Data = 0x1122_3344_5566_7788;
-        msr.Error = 0;
         Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
         Assert.That(g.Ram.Read<ulong>(TestGuest.DataAddress), Is.EqualTo(0x1122_3344_5566_7788UL), "EDX:EAX got the handler's value");
 
         var refused = Assert.Throws<KvmException>(() => g.Vm.EnableCapability((KvmCapability)0x7FFF_0000));
         Assert.That(refused!.Message, Does.Contain("KVM_ENABLE_CAP").And.Contain("EINVAL"));
+    }
+
+    [Test]
+    public void X86MsrExit_Error_MakesTheGuestsAccessRaiseGeneralProtection()
+    {
+        const uint UnknownMsr = 0x4000_1234;
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(Iced.Intel.AssemblerRegisters.ecx, UnknownMsr);
+            a.rdmsr();
+            a.hlt();
+        }, new KvmSharp.Guests.X86LongModeOptions { FaultPort = TestGuest.FaultPort });
+        g.Vm.EnableCapability(KvmCapability.X86UserSpaceMsr, 0b111);
+        var exit = g.Cpu.Run();
+        Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.X86Rdmsr));
+        var msr = exit.X86Msr;
+        msr.Error = true;
+        Assert.That(msr.Error, Is.True, "kvm_run.msr.error reads back");
+        exit = g.Cpu.Run();
+        Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Io), "the RDMSR must fault, not complete to the HLT");
+        Assert.That((exit.Io.Port, exit.Io.Value), Is.EqualTo(((ushort)TestGuest.FaultPort, 13u)), "the IDT stub reports #GP (vector 13)");
     }
 }
 

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -10,10 +10,10 @@ public readonly ref struct ArmNisvExit
     internal ArmNisvExit(RunBytes e) => _bytes = e;
 
     /// <summary>ESR_EL2 with the ISS bits the kernel may expose.</summary>
-    public ulong EsrIss => MemoryMarshal.Read<ulong>(Bytes);
+    public ulong EsrIss => Fields.esr_iss;
 
     /// <summary>The faulting intermediate physical address.</summary>
-    public ulong FaultIpa => MemoryMarshal.Read<ulong>(Bytes.Slice(8));
+    public ulong FaultIpa => Fields.fault_ipa;
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_arm_nisv Fields => ref _bytes.As<kvm_run_arm_nisv>();
 }

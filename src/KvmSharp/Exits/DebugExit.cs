@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace KvmSharp;
 
 /// <summary>A debug exit (<c>kvm_run.debug.arch</c>); which properties apply depends on the architecture.</summary>
@@ -18,36 +16,37 @@ public readonly ref struct DebugExit
     public ReadOnlySpan<byte> Raw => Bytes;
 
     /// <summary>x86: the exception vector (1 for #DB, 3 for #BP).</summary>
-    public uint X86Exception => Get<uint>(KvmArchitecture.X86_64, 0);
+    public uint X86Exception => As<Interop.X86.kvm_debug_exit_arch>(KvmArchitecture.X86_64).exception;
 
     /// <summary>x86: the guest RIP.</summary>
-    public ulong X86Pc => Get<ulong>(KvmArchitecture.X86_64, 8);
+    public ulong X86Pc => As<Interop.X86.kvm_debug_exit_arch>(KvmArchitecture.X86_64).pc;
 
     /// <summary>x86: DR6.</summary>
-    public ulong X86Dr6 => Get<ulong>(KvmArchitecture.X86_64, 16);
+    public ulong X86Dr6 => As<Interop.X86.kvm_debug_exit_arch>(KvmArchitecture.X86_64).dr6;
 
     /// <summary>x86: DR7.</summary>
-    public ulong X86Dr7 => Get<ulong>(KvmArchitecture.X86_64, 24);
+    public ulong X86Dr7 => As<Interop.X86.kvm_debug_exit_arch>(KvmArchitecture.X86_64).dr7;
 
     /// <summary>arm64: ESR_EL2 bits 31:0.</summary>
-    public uint ArmHsr => Get<uint>(KvmArchitecture.Arm64, 0);
+    public uint ArmHsr => As<Interop.Arm64.kvm_debug_exit_arch>(KvmArchitecture.Arm64).hsr;
 
     /// <summary>arm64: ESR_EL2 bits 61:32.</summary>
-    public uint ArmHsrHigh => Get<uint>(KvmArchitecture.Arm64, 4);
+    public uint ArmHsrHigh => As<Interop.Arm64.kvm_debug_exit_arch>(KvmArchitecture.Arm64).hsr_high;
 
     /// <summary>arm64: the faulting address of a watchpoint.</summary>
-    public ulong ArmFar => Get<ulong>(KvmArchitecture.Arm64, 8);
+    public ulong ArmFar => As<Interop.Arm64.kvm_debug_exit_arch>(KvmArchitecture.Arm64).far;
 
     /// <summary>s390x: the address.</summary>
-    public ulong S390Address => Get<ulong>(KvmArchitecture.S390x, 0);
+    public ulong S390Address => As<Interop.S390x.kvm_debug_exit_arch>(KvmArchitecture.S390x).addr;
 
     /// <summary>s390x: the event type.</summary>
-    public byte S390Type => Get<byte>(KvmArchitecture.S390x, 8);
+    public byte S390Type => As<Interop.S390x.kvm_debug_exit_arch>(KvmArchitecture.S390x).type;
 
-    private T Get<T>(KvmArchitecture arch, int offset) where T : unmanaged
+    /// <summary>The union as <paramref name="arch"/>'s <c>struct kvm_debug_exit_arch</c> (<typeparamref name="T"/>).</summary>
+    private ref T As<T>(KvmArchitecture arch) where T : unmanaged
     {
         if (_arch != arch) throw new PlatformNotSupportedException($"This is a {_arch} debug exit, not {arch}.");
-        return MemoryMarshal.Read<T>(Bytes.Slice(offset));
+        return ref _bytes.As<T>();
     }
 
     private Span<byte> Bytes => _bytes.Span;

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -10,10 +10,10 @@ public readonly ref struct ExceptionExit
     internal ExceptionExit(RunBytes e) => _bytes = e;
 
     /// <summary>The exception vector.</summary>
-    public uint Vector => MemoryMarshal.Read<uint>(Bytes);
+    public uint Vector => Fields.exception;
 
     /// <summary>The error code.</summary>
-    public uint ErrorCode => MemoryMarshal.Read<uint>(Bytes.Slice(4));
+    public uint ErrorCode => Fields.error_code;
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_ex Fields => ref _bytes.As<kvm_run_ex>();
 }

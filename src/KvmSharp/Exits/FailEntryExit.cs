@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -10,10 +10,10 @@ public readonly ref struct FailEntryExit
     internal FailEntryExit(RunBytes e) => _bytes = e;
 
     /// <summary>The hardware's entry failure reason (VMX exit qualification / SVM code).</summary>
-    public ulong HardwareEntryFailureReason => MemoryMarshal.Read<ulong>(Bytes);
+    public ulong HardwareEntryFailureReason => Fields.hardware_entry_failure_reason;
 
     /// <summary>The host CPU the entry failed on.</summary>
-    public uint Cpu => MemoryMarshal.Read<uint>(Bytes.Slice(8));
+    public uint Cpu => Fields.cpu;
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_fail_entry Fields => ref _bytes.As<kvm_run_fail_entry>();
 }

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -6,16 +7,20 @@ namespace KvmSharp;
 public readonly ref struct InternalErrorExit
 {
     private const ulong InstructionBytesFlag = 1; // KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
-    private readonly RunBytes _bytes;
+    private static readonly int DataOffset = (int)Marshal.OffsetOf<kvm_run_internal>(nameof(kvm_run_internal.data));
+    private static readonly int InstructionOffset = (int)Marshal.OffsetOf<kvm_run_emulation_failure>(nameof(kvm_run_emulation_failure.insn_bytes));
+    private const int MaxInstructionBytes = 15; // insn_bytes[15]
+    private readonly RunBytes _bytes; // kvm_run.internal, which emulation_failure overlays
 
     internal InternalErrorExit(RunBytes e) => _bytes = e;
 
     /// <summary>The suberror.</summary>
-    public InternalErrorSuberror Suberror => (InternalErrorSuberror)MemoryMarshal.Read<uint>(Bytes);
+    public InternalErrorSuberror Suberror => (InternalErrorSuberror)Fields.suberror;
 
     /// <summary>The data words (<c>ndata</c> of them, at most 16); their meaning depends on the suberror and the kernel.</summary>
     public ReadOnlySpan<ulong> Data =>
-        MemoryMarshal.Cast<byte, ulong>(Bytes.Slice(8, 128)).Slice(0, (int)Math.Min(MemoryMarshal.Read<uint>(Bytes.Slice(4)), 16u));
+        MemoryMarshal.Cast<byte, ulong>(_bytes.Span.Slice(DataOffset, kvm_run_internal.MaxData * sizeof(ulong)))
+            .Slice(0, (int)Math.Min(Fields.ndata, (uint)kvm_run_internal.MaxData));
 
     /// <summary>
     /// For an emulation failure whose flags carry the instruction bytes (KVM_CAP_EXIT_ON_EMULATION_FAILURE):
@@ -25,11 +30,12 @@ public readonly ref struct InternalErrorExit
     {
         get
         {
-            if (Suberror != InternalErrorSuberror.Emulation || MemoryMarshal.Read<uint>(Bytes.Slice(4)) < 2) return default;
-            if ((MemoryMarshal.Read<ulong>(Bytes.Slice(8)) & InstructionBytesFlag) == 0) return default;
-            return Bytes.Slice(17, Math.Min((int)Bytes[16], 15));
+            ref var failure = ref _bytes.As<kvm_run_emulation_failure>();
+            if (Suberror != InternalErrorSuberror.Emulation || failure.ndata < 2) return default;
+            if ((failure.flags & InstructionBytesFlag) == 0) return default;
+            return _bytes.Span.Slice(InstructionOffset, Math.Min((int)failure.insn_size, MaxInstructionBytes));
         }
     }
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_internal Fields => ref _bytes.As<kvm_run_internal>();
 }

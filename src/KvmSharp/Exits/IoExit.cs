@@ -1,34 +1,34 @@
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
 /// <summary>A port I/O exit (<c>kvm_run.io</c>). For string I/O (<c>rep outs/ins</c>), <see cref="Count"/> items of <see cref="Size"/> bytes.</summary>
 public readonly ref struct IoExit
 {
-    private readonly RunBytes _bytes;
+    private readonly RunBytes _run; // the whole kvm_run page: the data lies outside the union
     private readonly int _u;
 
     internal IoExit(RunBytes run, int unionOffset)
     {
-        _bytes = run;
+        _run = run;
         _u = unionOffset;
     }
 
     /// <summary>In or out.</summary>
-    public IoDirection Direction => (IoDirection)Bytes[_u];
+    public IoDirection Direction => (IoDirection)Fields.direction;
 
     /// <summary>True for an OUT (guest write).</summary>
-    public bool IsOut => Bytes[_u] == 1;
+    public bool IsOut => Fields.direction == kvm_run_io.KVM_EXIT_IO_OUT;
 
     /// <summary>Bytes per item: 1, 2 or 4.</summary>
-    public int Size => Bytes[_u + 1];
+    public int Size => Fields.size;
 
     /// <summary>The port.</summary>
-    public ushort Port => MemoryMarshal.Read<ushort>(Bytes.Slice(_u + 2));
+    public ushort Port => Fields.port;
 
     /// <summary>The number of items (1 unless string I/O).</summary>
-    public int Count => (int)MemoryMarshal.Read<uint>(Bytes.Slice(_u + 4));
+    public int Count => (int)Fields.count;
 
     /// <summary>
     /// The data: <see cref="Size"/> × <see cref="Count"/> bytes inside the <c>kvm_run</c> mapping, in
@@ -41,9 +41,10 @@ public readonly ref struct IoExit
     {
         get
         {
-            var run = Bytes;
-            ulong offset = MemoryMarshal.Read<ulong>(run.Slice(_u + 8));
-            ulong length = (ulong)run[_u + 1] * MemoryMarshal.Read<uint>(run.Slice(_u + 4));
+            ref var io = ref Fields;
+            var run = _run.Span;
+            ulong offset = io.data_offset;
+            ulong length = (ulong)io.size * io.count;
             if (offset > (ulong)run.Length || length > (ulong)run.Length - offset)
                 throw new InvalidOperationException($"KVM reported I/O data at offset {offset} length {length}, outside the {run.Length}-byte kvm_run mapping.");
             return run.Slice((int)offset, (int)length);
@@ -77,5 +78,5 @@ public readonly ref struct IoExit
         }
     }
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_io Fields => ref _run.Union<kvm_run_io>(_u).As<kvm_run_io>();
 }

@@ -1,3 +1,6 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
 namespace KvmSharp;
 
 /// <summary>
@@ -17,7 +20,7 @@ internal readonly ref struct RunBytes
 
     public Span<byte> Span
     {
-        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         get
         {
             _vcpu.ThrowIfDisposed();
@@ -25,5 +28,14 @@ internal readonly ref struct RunBytes
         }
     }
 
-    public RunBytes Slice(int start, int length) => new(_vcpu, _bytes.Slice(start, length));
+    /// <summary>
+    /// The bytes as the uapi struct <typeparamref name="T"/> (an exit-union member from
+    /// <c>Interop</c>, whose field offsets the layout tests check against the kernel headers), so
+    /// that views name fields instead of typing offsets. Bounds-checked: the bytes are at least
+    /// <c>sizeof(T)</c> long (<see cref="Union{T}"/> slices exactly that).
+    /// </summary>
+    public ref T As<T>() where T : unmanaged => ref MemoryMarshal.AsRef<T>(Span);
+
+    /// <summary>The exit union at <paramref name="unionOffset"/>, <c>sizeof(T)</c> bytes, for a view over member <typeparamref name="T"/>.</summary>
+    public RunBytes Union<T>(int unionOffset) where T : unmanaged => new(_vcpu, _bytes.Slice(unionOffset, Unsafe.SizeOf<T>()));
 }

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -10,13 +10,13 @@ public readonly ref struct S390SieicExit
     internal S390SieicExit(RunBytes e) => _bytes = e;
 
     /// <summary>The intercept code.</summary>
-    public byte InterceptCode => Bytes[0];
+    public byte InterceptCode => Fields.icptcode;
 
     /// <summary>The first halfword of the intercepted instruction (IPA).</summary>
-    public ushort Ipa => MemoryMarshal.Read<ushort>(Bytes.Slice(2));
+    public ushort Ipa => Fields.ipa;
 
     /// <summary>The remaining instruction bytes (IPB).</summary>
-    public uint Ipb => MemoryMarshal.Read<uint>(Bytes.Slice(4));
+    public uint Ipb => Fields.ipb;
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_s390_sieic Fields => ref _bytes.As<kvm_run_s390_sieic>();
 }

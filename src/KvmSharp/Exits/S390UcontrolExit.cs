@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -10,10 +10,10 @@ public readonly ref struct S390UcontrolExit
     internal S390UcontrolExit(RunBytes e) => _bytes = e;
 
     /// <summary>The translation-exception code.</summary>
-    public ulong TranslationExceptionCode => MemoryMarshal.Read<ulong>(Bytes);
+    public ulong TranslationExceptionCode => Fields.trans_exc_code;
 
     /// <summary>The program-interruption code.</summary>
-    public uint ProgramCode => MemoryMarshal.Read<uint>(Bytes.Slice(8));
+    public uint ProgramCode => Fields.pgm_code;
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_s390_ucontrol Fields => ref _bytes.As<kvm_run_s390_ucontrol>();
 }

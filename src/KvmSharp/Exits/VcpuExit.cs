@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -32,19 +33,26 @@ public readonly ref struct VcpuExit
     public VcpuExitReason Reason => (VcpuExitReason)RawReason;
 
     /// <summary>The exit reason as the kernel's number, for reasons newer than this library.</summary>
-    public uint RawReason => MemoryMarshal.Read<uint>(Run.Slice(8));
+    public uint RawReason => MemoryMarshal.Read<uint>(Run.Slice(KvmRunPage.ExitReason));
 
     /// <summary><c>kvm_run.if_flag</c> (x86): whether the guest had interrupts enabled.</summary>
-    public bool InterruptFlag => Run[13] != 0;
+    public bool InterruptFlag => Run[KvmRunPage.IfFlag] != 0;
 
     /// <summary><c>kvm_run.ready_for_interrupt_injection</c> (x86).</summary>
-    public bool ReadyForInterruptInjection => Run[12] != 0;
+    public bool ReadyForInterruptInjection => Run[KvmRunPage.ReadyForInterruptInjection] != 0;
 
     /// <summary>The 256 bytes of the exit union, for reasons without a typed view.</summary>
-    public ReadOnlySpan<byte> RawUnion => Run.Slice(_u, 256);
+    public ReadOnlySpan<byte> RawUnion => Run.Slice(_u, KvmRunPage.ExitUnionSize);
 
     /// <summary>For <see cref="VcpuExitReason.Unknown"/>: the hardware exit reason (<c>kvm_run.hw</c>).</summary>
-    public ulong HardwareExitReason => Field<ulong>(VcpuExitReason.Unknown, 0);
+    public ulong HardwareExitReason
+    {
+        get
+        {
+            Expect(VcpuExitReason.Unknown);
+            return _run.Union<kvm_run_hw>(_u).As<kvm_run_hw>().hardware_exit_reason;
+        }
+    }
 
     /// <summary>The port I/O view.</summary>
     /// <remarks>
@@ -82,7 +90,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Mmio);
-            return new MmioExit(_run.Slice(_u, 24));
+            return new MmioExit(_run.Union<kvm_run_mmio>(_u));
         }
     }
 
@@ -93,7 +101,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.SystemEvent);
-            return new SystemEventExit(_run.Slice(_u, 136));
+            return new SystemEventExit(_run.Union<kvm_run_system_event>(_u));
         }
     }
 
@@ -104,7 +112,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.InternalError);
-            return new InternalErrorExit(_run.Slice(_u, 136));
+            return new InternalErrorExit(_run.Union<kvm_run_internal>(_u));
         }
     }
 
@@ -115,7 +123,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.FailEntry);
-            return new FailEntryExit(_run.Slice(_u, 16));
+            return new FailEntryExit(_run.Union<kvm_run_fail_entry>(_u));
         }
     }
 
@@ -126,7 +134,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Exception);
-            return new ExceptionExit(_run.Slice(_u, 8));
+            return new ExceptionExit(_run.Union<kvm_run_ex>(_u));
         }
     }
 
@@ -137,7 +145,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.Debug);
-            return new DebugExit(_run.Slice(_u, 32), _arch);
+            return new DebugExit(_run.Union<Interop.X86.kvm_debug_exit_arch>(_u), _arch); // x86's is the largest of the three arches
         }
     }
 
@@ -149,7 +157,7 @@ public readonly ref struct VcpuExit
         {
             var r = Reason;
             if (r != VcpuExitReason.X86Rdmsr && r != VcpuExitReason.X86Wrmsr) ThrowWrongKind(RawReason, "X86Rdmsr or X86Wrmsr");
-            return new X86MsrExit(_run.Slice(_u, 24));
+            return new X86MsrExit(_run.Union<kvm_run_msr>(_u));
         }
     }
 
@@ -160,7 +168,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Sieic);
-            return new S390SieicExit(_run.Slice(_u, 8));
+            return new S390SieicExit(_run.Union<kvm_run_s390_sieic>(_u));
         }
     }
 
@@ -171,7 +179,7 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.S390Ucontrol);
-            return new S390UcontrolExit(_run.Slice(_u, 16));
+            return new S390UcontrolExit(_run.Union<kvm_run_s390_ucontrol>(_u));
         }
     }
 
@@ -182,18 +190,12 @@ public readonly ref struct VcpuExit
         get
         {
             Expect(VcpuExitReason.ArmNisv);
-            return new ArmNisvExit(_run.Slice(_u, 16));
+            return new ArmNisvExit(_run.Union<kvm_run_arm_nisv>(_u));
         }
     }
 
     /// <summary>The <c>kvm_run</c> page; refused once the vCPU is disposed (the mapping is gone).</summary>
     private Span<byte> Run => _run.Span;
-
-    private T Field<T>(VcpuExitReason reason, int offset) where T : unmanaged
-    {
-        Expect(reason);
-        return MemoryMarshal.Read<T>(Run.Slice(_u + offset));
-    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Expect(VcpuExitReason reason)

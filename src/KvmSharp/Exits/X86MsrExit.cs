@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using KvmSharp.Interop;
 
 namespace KvmSharp;
 
@@ -10,16 +10,27 @@ public readonly ref struct X86MsrExit
     internal X86MsrExit(RunBytes e) => _bytes = e;
 
     /// <summary>The MSR index.</summary>
-    public uint Index => MemoryMarshal.Read<uint>(Bytes.Slice(12));
+    public uint Index => Fields.index;
 
     /// <summary>Why the access exited (KVM_MSR_EXIT_REASON_* bits: 1 invalid, 2 unknown, 4 filter).</summary>
-    public uint ExitReasonFlags => MemoryMarshal.Read<uint>(Bytes.Slice(8));
+    public uint ExitReasonFlags => Fields.reason;
 
-    /// <summary>For WRMSR the value written; for RDMSR set the value the guest reads.</summary>
-    public ref ulong Data => ref MemoryMarshal.AsRef<ulong>(Bytes.Slice(16, 8));
+    /// <summary>For WRMSR the value the guest wrote; for RDMSR set the value the guest reads (before the next run).</summary>
+    public ulong Data
+    {
+        get => Fields.data;
+        set => Fields.data = value;
+    }
 
-    /// <summary>Set to 1 to make the guest's access raise #GP.</summary>
-    public ref byte Error => ref Bytes[0];
+    /// <summary>
+    /// Whether the guest's access fails: set it to make the RDMSR/WRMSR raise #GP in the guest at
+    /// the next run (<c>kvm_run.msr.error</c>). False when the exit arrives.
+    /// </summary>
+    public bool Error
+    {
+        get => Fields.error != 0;
+        set => Fields.error = value ? (byte)1 : (byte)0;
+    }
 
-    private Span<byte> Bytes => _bytes.Span;
+    private ref kvm_run_msr Fields => ref _bytes.As<kvm_run_msr>();
 }

@@ -21,6 +21,15 @@ internal static unsafe class KvmRunPage
     /// <summary><c>kvm_run.exit_reason</c>, the same on every architecture (a test checks all three layouts).</summary>
     public const int ExitReason = 8;
 
+    /// <summary><c>kvm_run.ready_for_interrupt_injection</c>, the same on every architecture (a test checks all three layouts).</summary>
+    public const int ReadyForInterruptInjection = 12;
+
+    /// <summary><c>kvm_run.if_flag</c>, the same on every architecture (a test checks all three layouts).</summary>
+    public const int IfFlag = 13;
+
+    /// <summary>The size of <c>kvm_run</c>'s exit union (its <c>padding[256]</c> member; a test checks all three layouts).</summary>
+    public const int ExitUnionSize = 256;
+
     // SAFETY (all members): run + offset .. + size lies inside the kvm_run mapping (see the remarks),
     // which the caller keeps mapped; kvm_run fields are naturally aligned.
 

@@ -17,10 +17,14 @@ public class HotPathLayoutTests
     [TestCase(typeof(KvmSharp.Interop.X86.kvm_run))]
     [TestCase(typeof(KvmSharp.Interop.Arm64.kvm_run))]
     [TestCase(typeof(KvmSharp.Interop.S390x.kvm_run))]
-    public void ImmediateExitAndExitReason_AreAtTheSameOffsetOnEveryArch(Type kvmRun)
+    public void HeaderFieldsAndTheExitUnion_AreAtTheSameOffsetOnEveryArch(Type kvmRun)
     {
         Assert.That((int)Marshal.OffsetOf(kvmRun, "immediate_exit"), Is.EqualTo(KvmRunPage.ImmediateExit));
         Assert.That((int)Marshal.OffsetOf(kvmRun, "exit_reason"), Is.EqualTo(KvmRunPage.ExitReason));
+        Assert.That((int)Marshal.OffsetOf(kvmRun, "ready_for_interrupt_injection"), Is.EqualTo(KvmRunPage.ReadyForInterruptInjection));
+        Assert.That((int)Marshal.OffsetOf(kvmRun, "if_flag"), Is.EqualTo(KvmRunPage.IfFlag));
+        Assert.That((int)Marshal.OffsetOf(kvmRun, "kvm_valid_regs") - (int)Marshal.OffsetOf(kvmRun, "padding"), Is.EqualTo(KvmRunPage.ExitUnionSize),
+            "the exit union (padding[256]) ends where kvm_valid_regs begins");
     }
 
     [Test]
