@@ -1,5 +1,3 @@
-using KvmSharp.Interop;
-
 namespace KvmSharp;
 
 // Invoke: running actions on the thread that owns the vCPU.
@@ -18,14 +16,14 @@ public sealed partial class Vcpu
     public void Invoke(Action<Vcpu> action)
     {
         ArgumentNullException.ThrowIfNull(action);
-        if (Owner(Volatile.Read(ref _state)) == KickSignal.CurrentThreadId)
+        if (_core.IsOwnedByCurrentThread)
         {
-            if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+            if (Volatile.Read(ref _core.Disposing) != 0) VcpuCore.ThrowDisposed();
             action(this); // already on the owning thread (e.g. from an exit handler or another action)
             return;
         }
-        var item = new InvokeItem(action, async: false);
-        Enqueue(item);
+        var item = new InvokeItem(this, action, async: false);
+        _core.Enqueue(item);
         item.Wait();
     }
 
@@ -36,66 +34,12 @@ public sealed partial class Vcpu
     public Task InvokeAsync(Action<Vcpu> action)
     {
         ArgumentNullException.ThrowIfNull(action);
-        var item = new InvokeItem(action, async: true);
-        Enqueue(item);
+        var item = new InvokeItem(this, action, async: true);
+        _core.Enqueue(item);
         return item.Task!;
     }
 
-    private void Enqueue(InvokeItem item)
-    {
-        if (_disposed || Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
-        _invokes.Enqueue(item);
-        Interlocked.Increment(ref _invokeCount);
-        if (Volatile.Read(ref _disposing) != 0)
-        {
-            FailQueued(); // Dispose raced us: it may have drained the queue before our item arrived
-            return;
-        }
-        long me = Owned(KickSignal.CurrentThreadId);
-        long state = Volatile.Read(ref _state);
-        if ((state == 0 || OwnerIsGone(state)) && Interlocked.CompareExchange(ref _state, me, state) == state)
-        {
-            // Nobody owns the vCPU (or its owner's thread has ended): serve the queue here, then let go.
-            Volatile.Write(ref _ownerInfo, OwnerInfo.Current(KickSignal.CurrentThreadId)); // a dead owner's reused tid must not look like this one
-            _invokeDepth++;
-            try
-            {
-                RunInvokes();
-            }
-            finally
-            {
-                _invokeDepth--;
-                Release(me);
-            }
-        }
-        else
-        {
-            // The owner runs the queue at its next entry, or when it releases the vCPU. A kick in
-            // the window where it released meanwhile reaches nobody: serve the queue then.
-            Kick();
-            if (Volatile.Read(ref _state) == 0) ServeInvokesAfterRelease();
-        }
-    }
-
-    private void RunInvokes()
-    {
-        while (_invokes.TryDequeue(out var item))
-        {
-            Interlocked.Decrement(ref _invokeCount);
-            item.Execute(this);
-        }
-    }
-
-    private void FailQueued()
-    {
-        while (_invokes.TryDequeue(out var item))
-        {
-            Interlocked.Decrement(ref _invokeCount);
-            item.Fail(new ObjectDisposedException(GetType().FullName));
-        }
-    }
-
-    private sealed class InvokeItem(Action<Vcpu> action, bool async)
+    private sealed class InvokeItem(Vcpu vcpu, Action<Vcpu> action, bool async) : IVcpuAction
     {
         private readonly ManualResetEventSlim? _done = async ? null : new ManualResetEventSlim();
         private readonly TaskCompletionSource? _tcs = async ? new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) : null;
@@ -103,7 +47,7 @@ public sealed partial class Vcpu
 
         public Task? Task => _tcs?.Task;
 
-        public void Execute(Vcpu vcpu)
+        public void Execute()
         {
             try
             {

@@ -49,19 +49,18 @@ public sealed partial class Vcpu
         // inlined block cold from calls made during warm-up (first runs take RunSlow) — with such
         // a profile it sometimes left the P/Invoke out of line, ~70 ns per exit.
         int me = KickSignal.PreparedThreadId;
-        if (me != 0 && Volatile.Read(ref _state) == Owned(me) && CanRunFast)
+        var core = _core;
+        if (me != 0 && Volatile.Read(ref core.State) == VcpuCore.Owned(me) && CanRunFast)
         {
-            // This thread owns the vCPU from its last run. Publish it to kickers (a full barrier: a
-            // RequestExit either sees this thread or its request is seen below); only this thread
-            // changes an owned state, except Dispose's terminal write after it took the vCPU.
-            Interlocked.Exchange(ref _state, OwnedRunning(me));
+            // This thread owns the vCPU from its last run; only this thread changes an owned state,
+            // except Dispose's terminal write after it took the vCPU. The core's entry sequence
+            // publishes the thread to kickers around KVM_RUN.
             var x86 = _x86Hooks!;
             x86.FlushInline(_runAddress);
-            int r = EnterKvmRun();
-            Volatile.Write(ref _state, Owned(me));
+            int r = core.Enter(me);
             x86.AfterRun(r, _runAddress);
             if (r < 0) return RunOwned(me, r);
-            return new VcpuExit(this, RunPage, KvmArchitecture.X86_64);
+            return new VcpuExit(this, core.RunPage, KvmArchitecture.X86_64);
         }
         return RunSlow();
     }
@@ -74,7 +73,7 @@ public sealed partial class Vcpu
     internal bool CanRunFast
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => _fastPath && (Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) == 0 && _x86Hooks!.CanFlushInline;
+        get => _fastPath && (Volatile.Read(ref _core.InvokeCount) | Volatile.Read(ref _core.Disposing)) == 0 && _x86Hooks!.CanFlushInline;
     }
 
     /// <summary>Every case of <see cref="Run()"/> the inlined fast path does not take.</summary>
@@ -83,15 +82,16 @@ public sealed partial class Vcpu
     {
         // The OS thread id identifies the owner and is where kicks go.
         int me = KickSignal.PrepareCurrentThread();
-        if (Volatile.Read(ref _disposing) != 0)
+        var core = _core;
+        if (Volatile.Read(ref core.Disposing) != 0)
         {
             // Another thread's Dispose waits for the owner to let go: do, and say why.
-            if (Owner(Volatile.Read(ref _state)) == me) ThrowDisposedReleasing(me);
-            ThrowHelper.ThrowObjectDisposed(this);
+            if (VcpuCore.Owner(Volatile.Read(ref core.State)) == me) core.ThrowDisposedReleasing(me);
+            VcpuCore.ThrowDisposed();
         }
         // Take the vCPU (free, or its owner's thread ended) or keep it: it stays this thread's after
         // the run. The thread is published to kickers only around each KVM_RUN (RunOwned).
-        Acquire(me);
+        core.Acquire(me);
         return RunOwned(me, 0, entered: false);
     }
 
@@ -105,13 +105,14 @@ public sealed partial class Vcpu
     [MethodImpl(MethodImplOptions.NoInlining)] // rare: keep it out of the callers Run is inlined into
     private VcpuExit RunOwned(int me, int r, bool entered = true)
     {
+        var core = _core;
         try
         {
-            var run = RunPage;
+            var run = core.RunPage;
             if (!entered)
             {
-                if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(me);
-                if (!_signalMaskSet || Volatile.Read(ref _invokeCount) != 0) BeforeFirstEntry();
+                if (Volatile.Read(ref core.Disposing) != 0) core.ThrowDisposedReleasing(me);
+                if (!core.SignalMaskSet || Volatile.Read(ref core.InvokeCount) != 0) BeforeFirstEntry();
             }
             while (true)
             {
@@ -119,11 +120,7 @@ public sealed partial class Vcpu
                 {
                     if (_x86Hooks is { } x86) x86.BeforeRun(_runAddress);
                     else _hooks.BeforeRun();
-                    // Publish the thread (a full barrier: a RequestExit either sees it or its request
-                    // is seen by EnterKvmRun), enter, withdraw.
-                    Interlocked.Exchange(ref _state, OwnedRunning(me));
-                    r = EnterKvmRun();
-                    Volatile.Write(ref _state, Owned(me));
+                    r = core.Enter(me);
                     if (_x86Hooks is { } x86After) x86After.AfterRun(r, _runAddress);
                     else _hooks.AfterRun(r);
                 }
@@ -138,41 +135,20 @@ public sealed partial class Vcpu
             // harmless, it stays pending (blocked) until a later run drains it, and if this thread
             // ended and its tid were reused, the process-wide SIG_IGN discards it (see KickSignal).
             // Owned, not running (an exception may have left the flag set).
-            Interlocked.CompareExchange(ref _state, Owned(me), OwnedRunning(me));
+            Interlocked.CompareExchange(ref core.State, VcpuCore.Owned(me), VcpuCore.OwnedRunning(me));
         }
-    }
-
-    /// <summary>
-    /// Sets <c>immediate_exit</c> and issues KVM_RUN (the caller owns the vCPU, its thread published,
-    /// registers written back). Returns KVM_RUN's result, or -errno.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private int EnterKvmRun()
-    {
-        // The request flags are the truth: a stale immediate_exit from an earlier kick is cleared; a
-        // request, a queued Invoke or a disposal begun before this point makes KVM_RUN return at once. A kick racing with this write
-        // saw the published thread, so its signal (blocked here, pending) interrupts KVM_RUN.
-        KvmRunPage.WriteByte(_runAddress, KvmRunPage.ImmediateExit,
-            (Volatile.Read(ref _exitRequested) | Volatile.Read(ref _invokeCount) | Volatile.Read(ref _disposing)) != 0 ? (byte)1 : (byte)0);
-        return _nativeKernel ? LinuxKernel.Run(_fdNumber) : Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
     }
 
     /// <summary>Run's rare work before entering: the signal mask (first run), queued Invoke actions.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void BeforeFirstEntry()
     {
-        if (!_signalMaskSet) SetSignalMask();
-        RunQueuedInvokes();
-    }
-
-    /// <summary>Runs queued Invoke actions on this (owning) thread; throws if one disposed the vCPU.</summary>
-    private void RunQueuedInvokes()
-    {
-        if (Volatile.Read(ref _invokeCount) == 0) return;
-        RunInvokes();
-        // An action may have disposed the vCPU (touch nothing of it any more), or another thread is
-        // disposing it and waits for this thread to let go.
-        if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(KickSignal.CurrentThreadId);
+        if (!_core.SignalMaskSet)
+        {
+            _core.SetSignalMask();
+            _fastPath = _x86Hooks is not null && DirtyRing is null;
+        }
+        _core.RunQueuedInvokes();
     }
 
     /// <summary>
@@ -187,23 +163,23 @@ public sealed partial class Vcpu
             // A full dirty ring: drain the rings into the tracker, then let the guest go on.
             if (LastExitReason != (uint)VcpuExitReason.DirtyRingFull) return true;
             _vm.DirtyTracker!.OnRingFull();
-            RunQueuedInvokes();
+            _core.RunQueuedInvokes();
             return false;
         }
         // EAGAIN: an x86 AP left KVM_MP_STATE_UNINITIALIZED (INIT/SIPI); enter again, as QEMU does.
-        if (r != -Errno.EINTR && r != -Errno.EAGAIN) ThrowRunFailed(r);
+        if (r != -Errno.EINTR && r != -Errno.EAGAIN) _core.ThrowRunFailed(r);
         // Interrupted: consume the kick signal (it stays pending after KVM_RUN).
         KickSignal.Drain();
         // Only a request (or disposal) ends the run; an Invoke kick, a stray signal or EAGAIN re-enters.
-        if (Interlocked.Exchange(ref _exitRequested, 0) == 0 && Volatile.Read(ref _disposing) == 0)
+        if (Interlocked.Exchange(ref _core.ExitRequested, 0) == 0 && Volatile.Read(ref _core.Disposing) == 0)
         {
-            RunQueuedInvokes();
+            _core.RunQueuedInvokes();
             return false;
         }
         // A Dispose on another thread kicked this run and waits for this thread to let go: it has no
         // exit to report, and kvm_run is about to be unmapped, so no view of it is returned.
-        if (Volatile.Read(ref _disposing) != 0) ThrowDisposedReleasing(KickSignal.CurrentThreadId);
-        var run = RunPage;
+        if (Volatile.Read(ref _core.Disposing) != 0) _core.ThrowDisposedReleasing(KickSignal.CurrentThreadId);
+        var run = _core.RunPage;
         run[KvmRunPage.ImmediateExit] = 0;
         // KVM leaves exit_reason stale on EINTR; report the interruption itself.
         MemoryMarshal.Write(run.Slice(KvmRunPage.ExitReason, 4), (uint)VcpuExitReason.Interrupted);
@@ -225,8 +201,8 @@ public sealed partial class Vcpu
         ArgumentOutOfRangeException.ThrowIfLessThan(timeout, TimeSpan.Zero);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(timeout, MaxTimerWait);
         // Refuse before touching the shared timer: another thread's run must keep its own deadline.
-        if (IsOwnedByAnotherThread) ThrowOwned(KickSignal.CurrentThreadId);
-        if (Volatile.Read(ref _disposing) != 0) ThrowHelper.ThrowObjectDisposed(this);
+        if (_core.IsOwnedByAnotherThread) _core.ThrowOwned(KickSignal.CurrentThreadId);
+        if (Volatile.Read(ref _core.Disposing) != 0) VcpuCore.ThrowDisposed();
         var timer = _timer ??= new Timer(static s => ((Vcpu)s!).OnTimer(), this, Timeout.Infinite, Timeout.Infinite);
         lock (_timerLock)
         {
@@ -302,82 +278,11 @@ public sealed partial class Vcpu
     /// <see cref="VcpuExitReason.Interrupted"/>) unless <see cref="CancelExitRequest"/> is called first.
     /// Callable from any thread, at any moment; never blocks. Needs KVM_CAP_IMMEDIATE_EXIT.
     /// </summary>
-    public void RequestExit()
-    {
-        if (Volatile.Read(ref _disposing) != 0) return;
-        Volatile.Write(ref _exitRequested, 1);
-        Kick();
-    }
+    public void RequestExit() => _core.RequestExit();
 
     /// <summary>Withdraws a <see cref="RequestExit"/> that no run has consumed yet.</summary>
-    public void CancelExitRequest() => Volatile.Write(ref _exitRequested, 0);
-
-    /// <summary>immediate_exit, then the signal to the thread inside KVM_RUN, if any.</summary>
-    private void Kick()
-    {
-        // Counted before the disposal check: Dispose waits for every kicker that got past it before
-        // it unmaps kvm_run, so this write never hits freed memory.
-        Interlocked.Increment(ref _kickers);
-        try
-        {
-            if (Volatile.Read(ref _disposing) != 0) return;
-            KickUnchecked();
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _kickers);
-        }
-    }
-
-    private void KickUnchecked()
-    {
-        KvmRunPage.WriteByte(_runAddress, KvmRunPage.ImmediateExit, 1);
-        Interlocked.MemoryBarrier(); // immediate_exit is visible before we look for the thread
-        long state = Volatile.Read(ref _state);
-        if ((state & RunningFlag) != 0) KickSignal.Send(Owner(state));
-    }
-
-    /// <summary>Tells KVM to unblock the kick signal inside KVM_RUN (once per vCPU; the calling thread blocks it already).</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private void SetSignalMask()
-    {
-        using var buf = new NativeBuffer(kvm_signal_mask.SigsetOffset + Libc.KernelSigsetBytes);
-        var view = new StructView(buf, 0, (int)buf.ByteLength);
-        view.At<kvm_signal_mask>(0).len = Libc.KernelSigsetBytes;
-        view.At<ulong>(kvm_signal_mask.SigsetOffset) = KickSignal.RunMask();
-        int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_SET_SIGNAL_MASK, view.Address);
-        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_SIGNAL_MASK, r, $"vcpu {Id}, unblocking signal {KickSignal.Number} inside KVM_RUN");
-        _signalMaskSet = true;
-        _fastPath = _x86Hooks is not null && DirtyRing is null;
-    }
-
-    /// <summary>
-    /// Enters KVM_RUN with <c>immediate_exit</c> set, so that KVM completes a pending I/O or MMIO
-    /// access (and advances the PC past it) without running guest code. Used by the register
-    /// strategies before they write registers the completion would clobber. Bypasses the cache hooks.
-    /// </summary>
-    /// <exception cref="InvalidOperationException">Completing the access produced a new exit (a string I/O
-    /// or MMIO instruction that needs more data): handle exits until the instruction is done first.</exception>
-    internal void CompletePendingAccess()
-    {
-        var run = RunSpan();
-        run[KvmRunPage.ImmediateExit] = 1; // Run recomputes it from the request flag before every entry
-        int r = Kernel.Ioctl(_fdNumber, KvmIoctls.KVM_RUN, 0);
-        run[KvmRunPage.ImmediateExit] = 0;
-        if (r >= 0)
-            throw new InvalidOperationException(
-                $"vCPU {Id}: completing the pending I/O or MMIO access produced another exit ({(VcpuExitReason)LastExitReason}); a string or split access needs more handling before registers can be saved or written.");
-        if (r != -Errno.EINTR) ThrowRunFailed(r);
-        // PERF: no signal drain here (a syscall): a kick that arrived meanwhile stays pending and
-        // makes the next real KVM_RUN return EINTR, which Run drains and re-enters.
-    }
+    public void CancelExitRequest() => Volatile.Write(ref _core.ExitRequested, 0);
 
     /// <summary>The raw <c>kvm_run.exit_reason</c> of the last run (stale after an EINTR).</summary>
-    internal uint LastExitReason => MemoryMarshal.Read<uint>(RunPage.Slice(KvmRunPage.ExitReason, 4));
-
-    /// <summary>The vCPU's <c>kvm_run</c> mapping, for the register strategies' views.</summary>
-    internal MappedMemoryHandle RunMapping => _run;
-
-    private void ThrowRunFailed(int r) =>
-        ThrowHelper.ThrowKvm(KvmIoctls.KVM_RUN, r, $"vcpu {Id}");
+    internal uint LastExitReason => _core.LastExitReason;
 }

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
@@ -28,83 +27,46 @@ namespace KvmSharp;
 public sealed partial class Vcpu : IDisposable
 {
     private readonly VirtualMachine _vm;
-    private readonly KvmFdHandle _fd;
-    private readonly MappedMemoryHandle _run;
-    private readonly nint _runAddress; // _run's address, cached: the hot path touches no other object for it
-    private readonly int _runLength;
-    private readonly int _fdNumber;
-    private readonly StructView _syncHeader;
+    private readonly VcpuCore _core;   // fd, kvm_run, ownership gate, entry sequence: what the strategies get too
+    private readonly nint _runAddress; // _core.RunAddress, cached: the hot path touches no other object for it
     private readonly IRegisterSync _registers;
     private readonly IRunHooks _hooks;
     private readonly X86RegisterSync? _x86Hooks; // _hooks when it is x86's, called without interface dispatch
-    private readonly bool _nativeKernel;         // Kernel is the real one: KVM_RUN is a direct libc call
-    private readonly ConcurrentQueue<InvokeItem> _invokes = new();
     private readonly Lock _timerLock = new();
     private Timer? _timer;
     private int _timerState; // 0 idle, 1 armed, 2 fired
     private long _timerDeadline; // Stopwatch timestamp at which the armed run's timeout ends
-    // Ownership and kick target in one word, so that taking the vCPU and publishing the thread to
-    // kickers is one interlocked operation, and so is giving both up: the low 32 bits are the OS
-    // thread id of the owning thread (0 when free); RunningFlag is set while that thread is inside
-    // (or about to enter) KVM_RUN. Only the owner sets or clears the flag.
-    // Dispose leaves DisposedState behind for good (an owner no OS thread has), so that no CAS from
-    // 0 — a fast path that checked the disposal flag just before Dispose began — can ever take a
-    // disposed vCPU; owners give the vCPU up with a CAS from their own state, which never clears it.
-    private long _state;
-    private const long RunningFlag = 1L << 32;
-    private const long DisposedState = 0xFFFF_FFFFL;
-    private int _kickers;    // threads inside Kick; Dispose waits for them before unmapping kvm_run
-    private int _exitRequested;
-    private int _invokeCount;
-    private int _holdDepth;  // run loops (VcpuRunner) in progress on the owning thread; touched only by it
-    private int _invokeDepth; // Invoke queues being served inline by the thread that took the vCPU for them
-    private OwnerInfo? _ownerInfo; // who took the vCPU last (slow paths only): to tell a dead owner from a busy one
-    private bool _signalMaskSet;
     private bool _fastPath; // Run's inlined path applies: x86, no dirty ring, signal mask set
-    private int _disposing;
-    private int _disposerTid; // the thread inside Dispose (it owns the vCPU for the teardown)
-    private bool _disposed;
 
-    internal Vcpu(VirtualMachine vm, int id, KvmFdHandle fd, MappedMemoryHandle run, DirtyRing? dirtyRing = null)
+    internal Vcpu(VirtualMachine vm, int id, KvmFdHandle fd, MappedMemoryHandle run, KvmFdHandle vmFd, DirtyRing? dirtyRing = null)
     {
         _vm = vm;
         DirtyRing = dirtyRing;
         Id = id;
-        _fd = fd;
-        _fdNumber = fd.Fd;
-        _run = run;
-        _runAddress = run.DangerousGetHandle();
-        _runLength = (int)run.Length;
-        Kernel = vm.Kernel;
         Architecture = vm.Architecture;
-        if (_runLength < Architecture.KvmRunSize())
-            throw new InvalidOperationException($"KVM_GET_VCPU_MMAP_SIZE ({_runLength}) is smaller than struct kvm_run ({Architecture.KvmRunSize()}).");
-        _syncHeader = new StructView(run, Architecture.SyncRegsHeaderOffset(), 16);
+        _core = new VcpuCore(id, Architecture, vm.Kernel, fd, run, vmFd);
+        _runAddress = _core.RunAddress;
         (_registers, _hooks) = Architecture switch
         {
-            KvmArchitecture.X86_64 => Pair(new X86RegisterSync(this, run, vm.CheckExtension(KvmCapability.SyncRegs))),
-            KvmArchitecture.Arm64 => Pair(new Arm64RegisterSync(this)),
-            _ => Pair(new S390xRegisterSync(this, run)),
+            KvmArchitecture.X86_64 => Pair(new X86RegisterSync(_core, vm.CheckExtension(KvmCapability.SyncRegs), vm.MsrIndices, vm.XsaveSize)),
+            KvmArchitecture.Arm64 => Pair(new Arm64RegisterSync(_core)),
+            _ => Pair(new S390xRegisterSync(_core)),
         };
         _x86Hooks = _hooks as X86RegisterSync;
-        _nativeKernel = Kernel is LinuxKernel;
+        if (dirtyRing is not null) _core.OnDirtyRingFull = () => _vm.DirtyTracker!.OnRingFull();
     }
 
     private static (IRegisterSync, IRunHooks) Pair<T>(T strategy) where T : IRegisterSync, IRunHooks => (strategy, strategy);
 
-    internal IKernel Kernel { get; }
+    internal IKernel Kernel => _core.Kernel;
+
+    /// <summary>The vCPU's lower half (for the VM's whole-VM operations and tests).</summary>
+    internal VcpuCore Core => _core;
 
     /// <summary>The vCPU's dirty ring, when the VM tracks dirty pages with one.</summary>
     internal DirtyRing? DirtyRing { get; }
 
-    internal int Fd
-    {
-        get
-        {
-            if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-            return _fdNumber;
-        }
-    }
+    internal int Fd => _core.Fd;
 
     /// <summary>The vCPU id given at creation (the APIC id on x86).</summary>
     public int Id { get; }
@@ -116,17 +78,14 @@ public sealed partial class Vcpu : IDisposable
     public VirtualMachine VirtualMachine => _vm;
 
     /// <summary>True once disposed.</summary>
-    public bool IsDisposed => _disposed;
+    public bool IsDisposed => _core.IsDisposed;
 
     /// <summary>Throws <see cref="ObjectDisposedException"/> once disposed (views into <c>kvm_run</c> check this).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void ThrowIfDisposed()
-    {
-        if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-    }
+    internal void ThrowIfDisposed() => _core.ThrowIfDisposed();
 
     /// <summary>True while a thread is inside <see cref="Run()"/> for this vCPU.</summary>
-    public bool IsRunning => (Volatile.Read(ref _state) & RunningFlag) != 0;
+    public bool IsRunning => (Volatile.Read(ref _core.State) & VcpuCore.RunningFlag) != 0;
 
     /// <summary>
     /// The real-time signal used to kick vCPU threads out of KVM_RUN: SIGRTMAX-2 unless changed with
@@ -193,9 +152,7 @@ public sealed partial class Vcpu : IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     private T ThrowNotArch<T>(KvmArchitecture wanted) => throw NotArch(wanted);
 
-    internal ref ulong RunValidRegs => ref _syncHeader.At<ulong>(0);
-
-    internal ref ulong RunDirtyRegs => ref _syncHeader.At<ulong>(8);
+    internal ref ulong RunDirtyRegs => ref _core.RunDirtyRegs;
 
     /// <summary>
     /// Whether the next <see cref="Run()"/> returns at once with <see cref="VcpuExitReason.Interrupted"/>
@@ -204,7 +161,7 @@ public sealed partial class Vcpu : IDisposable
     /// </summary>
     public bool ImmediateExit
     {
-        get => Volatile.Read(ref _exitRequested) != 0;
+        get => Volatile.Read(ref _core.ExitRequested) != 0;
         set
         {
             if (value) RequestExit();
@@ -217,18 +174,9 @@ public sealed partial class Vcpu : IDisposable
     /// </summary>
     public bool RequestInterruptWindow
     {
-        get => RunSpan()[0] != 0;
-        set => RunSpan()[0] = value ? (byte)1 : (byte)0;
+        get => _core.RunSpan()[0] != 0;
+        set => _core.RunSpan()[0] = value ? (byte)1 : (byte)0;
     }
-
-    private Span<byte> RunSpan()
-    {
-        if (_disposed) ThrowHelper.ThrowObjectDisposed(this);
-        return RunPage;
-    }
-
-    /// <summary>The <c>kvm_run</c> mapping, without a disposal check (callers own the vCPU or check).</summary>
-    private Span<byte> RunPage => MappedMemoryHandle.SpanAt(_runAddress, _runLength);
 
     /// <summary>The address of the <c>kvm_run</c> mapping, for the register strategies (which use it only while the vCPU is alive and owned).</summary>
     internal nint RunAddress => _runAddress;
@@ -274,42 +222,12 @@ public sealed partial class Vcpu : IDisposable
     /// </remarks>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposing, 1) != 0)
-        {
-            while (!Volatile.Read(ref _disposed)) Thread.Sleep(1); // another thread is disposing: wait for it
-            return;
-        }
-        int me = KickSignal.CurrentThreadId;
-        Volatile.Write(ref _disposerTid, me);
-        bool ownedByMe = Owner(Volatile.Read(ref _state)) == me;
-        if (!ownedByMe)
-        {
-            // Another thread owns the vCPU (running it, or between runs: handling an exit, whose views
-            // must stay mapped): kick it and wait until it lets go — at its next Run or register
-            // access, which then throw ObjectDisposedException, at ReleaseOwnership, or when its
-            // thread has ended.
-            var spin = new SpinWait();
-            while (true)
-            {
-                long state = Volatile.Read(ref _state);
-                if ((state == 0 || OwnerIsGone(state)) && Interlocked.CompareExchange(ref _state, Owned(me), state) == state) break;
-                KickUnchecked(); // the mapping is alive: only this thread unmaps it, below
-                spin.SpinOnce(sleep1Threshold: 20);
-            }
-        }
-        // Kickers that passed the disposal check before it was set finish their write first.
-        while (Volatile.Read(ref _kickers) != 0) Thread.Yield();
-        FailQueued();
+        if (!_core.BeginDispose()) return; // another thread disposed it
         _timer?.Dispose();
         // Leave the VM (and its dirty tracker) before the ring and kvm_run go away.
         _vm.OnVcpuDisposed(this);
         _hooks.Release();
         DirtyRing?.Dispose();
-        _run.Dispose();
-        _fd.Dispose();
-        Volatile.Write(ref _disposed, true);
-        // Terminal: never 0 again, whoever owned it (a run of this thread that disposed the vCPU from
-        // an Invoke action releases with a CAS that now fails).
-        Volatile.Write(ref _state, DisposedState);
+        _core.ReleaseResources();
     }
 }

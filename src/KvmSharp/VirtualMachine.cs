@@ -144,7 +144,7 @@ public sealed partial class VirtualMachine : IDisposable
                     if (m is null) throw new KvmException("mmap", -ringErr, $"dirty ring of vcpu {vcpuId}, {t.RingBytes} bytes");
                     ring = new DirtyRing(m, t.RingBytes);
                 }
-                vcpu = new Vcpu(this, vcpuId, fd, run, ring);
+                vcpu = new Vcpu(this, vcpuId, fd, run, _fd, ring);
             }
             catch
             {

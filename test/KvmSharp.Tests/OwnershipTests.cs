@@ -172,6 +172,56 @@ public class OwnershipTests : KvmTestBase
     }
 
     [Test]
+    public void ARegisterWrite_OnAReleasedVcpuAtAnInExit_CompletesTheInThroughTheEntrySequence_AndLeavesTheVcpuFree()
+    {
+        // The IN's completion is a KVM_RUN (immediate_exit): on a vCPU no thread owns it takes the vCPU
+        // for that entry, publishing the thread like any run, and gives it back.
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            a.mov(dx, Port);
+            a.xor(eax, eax);
+            a.@in(al, dx);
+            a.mov(__dword_ptr[TestGuest.DataAddress], eax);
+            a.hlt();
+        });
+        var cpu = g.Cpu;
+        (VcpuExitReason, ushort, IoDirection) seen = default;
+        var runner = Start(() =>
+        {
+            var e = cpu.Run();
+            if (e.Reason == VcpuExitReason.Io)
+            {
+                seen = (e.Reason, e.Io.Port, e.Io.Direction);
+                e.Io.SetValue(0x5A);
+            }
+            cpu.ReleaseOwnership();
+        });
+        Wait.Join(runner, "the thread that ran the vCPU");
+        Assert.That(seen, Is.EqualTo((VcpuExitReason.Io, Port, IoDirection.In)));
+        ulong rbx = 0;
+        Exception? failure = null;
+        var writer = Start(() =>
+        {
+            try
+            {
+                cpu.X86.Rbx = 0x1234; // completes the IN first (AL = 0x5A, RIP past it), on this thread
+                rbx = cpu.X86.Rbx;
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        Wait.Join(writer, "the writer");
+        Assert.That(failure, Is.Null);
+        Assert.That(rbx, Is.EqualTo(0x1234UL));
+        Assert.That(cpu.IsRunning, Is.False);
+        Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt), "free again: this thread takes it, and the guest goes on after the IN");
+        Assert.That(g.Ram.Read<uint>(TestGuest.DataAddress), Is.EqualTo(0x5Au), "the IN got the data stored before the write");
+        Assert.That(cpu.X86.Rbx, Is.EqualTo(0x1234UL));
+    }
+
+    [Test]
     public void AnOwnerWhoseThreadEnded_IsTakenOver()
     {
         using var g = CountingOuts();

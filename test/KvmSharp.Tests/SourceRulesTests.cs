@@ -62,6 +62,37 @@ public partial class SourceRulesTests
         AssertNone(offenders, $"The unsafe keyword outside {UnsafeFolder} (move the operation behind a safe helper there)");
     }
 
+    [Test]
+    public void RegisterStrategies_CallOnlyDownwards()
+    {
+        // ARCHITECTURE.md §1: the strategies get the vCPU's core (VcpuCore) and never call up into
+        // the public objects (identifiers in code, not in comments or strings, count).
+        var offenders = new List<string>();
+        foreach (var (path, fullPath) in SourceFiles().Where(f => f.Path.StartsWith(StrategyFolder, StringComparison.Ordinal)))
+        {
+            var lines = File.ReadAllLines(fullPath);
+            for (int i = 0; i < lines.Length; i++)
+            {
+                string code = StringOrComment().Replace(lines[i], "");
+                if (UpperLayerType().IsMatch(code)) offenders.Add($"{path}:{i + 1}: {lines[i].Trim()}");
+            }
+        }
+        AssertNone(offenders, $"Code in {StrategyFolder} naming Vcpu or VirtualMachine (use VcpuCore, or pass the value down)");
+        var strategies = typeof(Vcpu).Assembly.GetTypes().Where(t => t.Namespace == "KvmSharp.Registers" && t.IsClass).ToList();
+        Assert.That(strategies.Select(t => t.Name), Does.Contain("X86RegisterSync").And.Contain("Arm64RegisterSync").And.Contain("S390xRegisterSync"));
+        var upward = strategies
+            .SelectMany(t => t.GetFields(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic)
+                .Where(f => f.FieldType == typeof(Vcpu) || f.FieldType == typeof(VirtualMachine))
+                .Select(f => $"{t.Name}.{f.Name}"))
+            .ToList();
+        AssertNone(upward, "Register strategy fields holding a Vcpu or VirtualMachine");
+    }
+
+    private const string StrategyFolder = "src/KvmSharp/Registers/";
+
+    [GeneratedRegex(@"(?:Vcpu|VirtualMachine)")]
+    private static partial Regex UpperLayerType();
+
     /// <summary>Fails with <paramref name="rule"/> and one line per offender unless there is none.</summary>
     private static void AssertNone(List<string> offenders, string rule) =>
         Assert.That(offenders, Is.Empty, $"{rule}:{Environment.NewLine}  {string.Join(Environment.NewLine + "  ", offenders)}");

@@ -47,7 +47,7 @@ public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
 
     private static readonly ulong[] CoreIds = BuildCoreIds();
 
-    private readonly Vcpu _vcpu;
+    private readonly VcpuCore _vcpu; // the vCPU's lower half: fd, kernel seam, kvm_run, ownership gate
     private readonly IKernel _kernel;
     private readonly NativeBuffer _buffer;
     private readonly StructView _oneReg, _mpState, _init, _events, _core;
@@ -74,7 +74,7 @@ public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
     private bool _pendingAccess;
     private uint _target;
 
-    internal Arm64RegisterSync(Vcpu vcpu)
+    internal Arm64RegisterSync(VcpuCore vcpu)
     {
         _vcpu = vcpu;
         _kernel = vcpu.Kernel;
@@ -143,7 +143,7 @@ public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
         }
 
         _init.Span.Clear();
-        int r = _kernel.Ioctl(_vcpu.VirtualMachine.Fd, KvmIoctls.Arm64.KVM_ARM_PREFERRED_TARGET, _init.Address);
+        int r = _kernel.Ioctl(_vcpu.VmFd, KvmIoctls.Arm64.KVM_ARM_PREFERRED_TARGET, _init.Address);
         if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.Arm64.KVM_ARM_PREFERRED_TARGET, r, $"for vcpu {_vcpu.Id}");
 
         uint features = 1u << kvm_vcpu_init.KVM_ARM_VCPU_PSCI_0_2;

@@ -89,7 +89,7 @@ public sealed partial class S390xRegisterSync : IRegisterSync, IRunHooks
     /// <summary>The pfault token KVM uses for "pfault handshake not set up" (KVM_S390_PFAULT_TOKEN_INVALID).</summary>
     public const ulong PfaultTokenInvalid = ulong.MaxValue;
 
-    private readonly Vcpu _vcpu;
+    private readonly VcpuCore _vcpu; // the vCPU's lower half: fd, kernel seam, kvm_run, ownership gate
     private readonly IKernel _kernel;
     private readonly NativeBuffer _shadow;
     private readonly StructView _runSync, _psw, _shadowSync, _oneReg, _oneRegValue, _sregs, _fpu, _mpState, _epoch, _pswArg;
@@ -101,10 +101,11 @@ public sealed partial class S390xRegisterSync : IRegisterSync, IRunHooks
     private int _vcpuResets = -1;
     private bool _released;
 
-    internal S390xRegisterSync(Vcpu vcpu, MappedMemoryHandle run)
+    internal S390xRegisterSync(VcpuCore vcpu)
     {
         _vcpu = vcpu;
         _kernel = vcpu.Kernel;
+        var run = vcpu.RunMapping;
         _runSync = new StructView(run, KvmArchitecture.S390x.SyncRegsHeaderOffset() + 16, SyncSize);
         _psw = new StructView(run, PswOff, 16);
         _shadow = new NativeBuffer(ShSize);
@@ -194,7 +195,7 @@ public sealed partial class S390xRegisterSync : IRegisterSync, IRunHooks
 
     private void ThrowIfReleased()
     {
-        if (_released) ThrowHelper.ThrowObjectDisposed(_vcpu);
+        if (_released) VcpuCore.ThrowDisposed();
         _vcpu.CheckAccess(); // refuses other threads while the vCPU is owned
     }
 
@@ -215,7 +216,7 @@ public sealed partial class S390xRegisterSync : IRegisterSync, IRunHooks
         get
         {
             if (_vcpuResets < 0)
-                _vcpuResets = _vcpu.VirtualMachine.CheckExtension(KvmCapability.S390VcpuResets) > 0 ? 1 : 0;
+                _vcpuResets = _vcpu.CheckVmExtension(KvmCapability.S390VcpuResets) > 0 ? 1 : 0;
             return _vcpuResets == 1;
         }
     }

@@ -46,7 +46,7 @@ public sealed partial class X86RegisterSync : IRegisterSync, IRunHooks
     /// <summary>MSR index of the time-stamp counter.</summary>
     public const uint MsrTsc = 0x10;
 
-    private readonly Vcpu _vcpu;
+    private readonly VcpuCore _vcpu; // the vCPU's lower half: fd, kernel seam, kvm_run, ownership gate
     private readonly IKernel _kernel;
     private readonly NativeBuffer _shadow;
     private readonly StructView _runSync, _shadowSync, _xcrs, _mpState, _xsave, _debugRegs, _runtimeMsrs, _resetMsrs;
@@ -61,14 +61,14 @@ public sealed partial class X86RegisterSync : IRegisterSync, IRunHooks
     private bool _exitRipKnown;    // ... and _exitRip holds RIP as it was at that exit (see BeforeRipWrite)
     private ulong _exitRip;
 
-    internal X86RegisterSync(Vcpu vcpu, MappedMemoryHandle run, int syncRegsCapability)
+    internal X86RegisterSync(VcpuCore vcpu, int syncRegsCapability, IEnumerable<uint> msrIndices, int xsaveSize)
     {
         _vcpu = vcpu;
         _kernel = vcpu.Kernel;
-        var supported = new HashSet<uint>(vcpu.VirtualMachine.MsrIndices);
+        var run = vcpu.RunMapping;
+        var supported = new HashSet<uint>(msrIndices);
         _runtimeMsrIndices = [.. RuntimeMsrCandidates.Where(supported.Contains)];
         _resetMsrIndices = [.. ResetMsrCandidates.Where(supported.Contains)];
-        int xsaveSize = vcpu.VirtualMachine.XsaveSize;
         int runtimeMsrsSize = 8 + 16 * _runtimeMsrIndices.Length, resetMsrsSize = 8 + 16 * _resetMsrIndices.Length;
 
         int o = 0;
