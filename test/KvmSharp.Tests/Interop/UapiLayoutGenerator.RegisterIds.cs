@@ -11,7 +11,7 @@ namespace KvmSharp.Tests.Interop;
 internal static partial class UapiLayoutGenerator
 {
     /// <summary>An id factory's arguments are probed from 0 up to this; a factory accepting it has no range.</summary>
-    public const int ArgumentProbeLimit = 4096;
+    public const int ArgumentProbeLimit = 1024;
 
     /// <summary>The classes holding an architecture's ONE_REG ids and the uapi constants they are built from.</summary>
     public static IReadOnlyList<Type> IdClasses(string arch) => arch switch
