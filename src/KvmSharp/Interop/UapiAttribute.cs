@@ -24,3 +24,16 @@ internal sealed class UapiFieldAttribute(string? path) : Attribute
 {
     public string? Path { get; } = path;
 }
+
+/// <summary>
+/// Names the C expression from the uapi headers whose value a constant, a static field or an id
+/// factory (a static method of <c>int</c> parameters returning <c>ulong</c>) must have, so that the
+/// layout tests can compare them: <c>KVM_REG_S390_TODPR</c>, <c>ARM64_SYS_REG({0}, {1}, {2}, {3}, {4})</c>.
+/// A factory's expression is a composite format string: <c>{i}</c> is its i-th argument, and the
+/// layout tests sweep every argument over all the values the factory accepts.
+/// </summary>
+[AttributeUsage(AttributeTargets.Field | AttributeTargets.Property | AttributeTargets.Method, Inherited = false)]
+internal sealed class UapiValueAttribute(string expression) : Attribute
+{
+    public string Expression { get; } = expression;
+}

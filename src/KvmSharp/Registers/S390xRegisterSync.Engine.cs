@@ -120,15 +120,15 @@ public sealed partial class S390xRegisterSync
 
     private static ulong RegId(Reg r) => r switch
     {
-        Reg.Todpr => 0x5020000000000001,            // KVM_REG_S390_TODPR (U32)
-        Reg.EpochDifference => 0x5030000000000002,  // KVM_REG_S390_EPOCHDIFF
-        Reg.CpuTimer => 0x5030000000000003,         // KVM_REG_S390_CPU_TIMER
-        Reg.ClockComparator => 0x5030000000000004,  // KVM_REG_S390_CLOCK_COMP
-        Reg.PfaultToken => 0x5030000000000005,      // KVM_REG_S390_PFTOKEN
-        Reg.PfaultCompare => 0x5030000000000006,    // KVM_REG_S390_PFCOMPARE
-        Reg.PfaultSelect => 0x5030000000000007,     // KVM_REG_S390_PFSELECT
-        Reg.ProgramParameter => 0x5030000000000008, // KVM_REG_S390_PP
-        _ => 0x5030000000000009,                    // KVM_REG_S390_GBEA
+        Reg.Todpr => S390xRegisterIds.Todpr,
+        Reg.EpochDifference => S390xRegisterIds.EpochDifference,
+        Reg.CpuTimer => S390xRegisterIds.CpuTimer,
+        Reg.ClockComparator => S390xRegisterIds.ClockComparator,
+        Reg.PfaultToken => S390xRegisterIds.PfaultToken,
+        Reg.PfaultCompare => S390xRegisterIds.PfaultCompare,
+        Reg.PfaultSelect => S390xRegisterIds.PfaultSelect,
+        Reg.ProgramParameter => S390xRegisterIds.ProgramParameter,
+        _ => S390xRegisterIds.Gbea,
     };
 
     private static string RegName(Reg r) => r switch

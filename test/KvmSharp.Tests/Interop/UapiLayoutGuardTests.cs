@@ -1,6 +1,7 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
 using KvmSharp.Interop;
+using KvmSharp.Registers;
 
 namespace KvmSharp.Tests.Interop;
 
@@ -19,6 +20,17 @@ public class UapiLayoutGuardTests
 
     private static IEnumerable<Type> UapiStructs() =>
         UapiLayoutGenerator.Library.GetTypes().Where(t => t.GetCustomAttribute<UapiAttribute>() is not null);
+
+    /// <summary>The <c>ulong</c> members of the id classes that are no uapi value: keys of the sets that do not move with ONE_REG.</summary>
+    private static readonly MemberInfo[] NotUapiValues =
+    [
+        typeof(Arm64RegisterIds).GetField(nameof(Arm64RegisterIds.MpStateKey))!,
+        typeof(Arm64RegisterIds).GetField(nameof(Arm64RegisterIds.EventsKey))!,
+    ];
+
+    private static IEnumerable<Type> AllIdClasses() => UapiLayoutGenerator.Arches.SelectMany(UapiLayoutGenerator.IdClasses);
+
+    private static IEnumerable<LayoutCheck> AllChecks() => UapiLayoutGenerator.Arches.SelectMany(UapiLayoutGenerator.Checks);
 
     private static IEnumerable<FieldInfo> AllIoctlFields() =>
         new[] { typeof(KvmIoctls) }.Concat(typeof(KvmIoctls).GetNestedTypes(BindingFlags.Public | BindingFlags.NonPublic))
@@ -103,5 +115,89 @@ public class UapiLayoutGuardTests
             Assert.That(UapiLayoutGenerator.Generate(arch).Split('\n').Count(l => l.StartsWith("_Static_assert(", StringComparison.Ordinal)),
                 Is.EqualTo(checks.Count));
         }
+    }
+
+    [Test]
+    public void Every_register_id_class_is_emitted_on_an_architecture()
+    {
+        var idClasses = UapiLayoutGenerator.Library.GetTypes()
+            .Where(t => t.Namespace == typeof(Arm64RegisterIds).Namespace && t.Name.EndsWith("RegisterIds", StringComparison.Ordinal));
+
+        Assert.That(AllIdClasses(), Is.EquivalentTo(idClasses));
+    }
+
+    [Test]
+    public void Every_register_id_member_carries_UapiValue()
+    {
+        var members = AllIdClasses().SelectMany(UapiLayoutGenerator.IdMembers).ToList();
+        var missing = members.Except(NotUapiValues)
+            .Where(m => m.GetCustomAttribute<UapiValueAttribute>() is null)
+            .Select(UapiLayoutGenerator.Describe);
+
+        using (Assert.EnterMultipleScope())
+        {
+            Assert.That(missing, Is.Empty, "ids, id constants and id factories without [UapiValue] are never checked against the headers");
+            Assert.That(NotUapiValues.Except(members), Is.Empty, "a stale exemption");
+            Assert.That(NotUapiValues.Where(m => m.GetCustomAttribute<UapiValueAttribute>() is not null), Is.Empty, "an exempted member is checked after all");
+        }
+    }
+
+    [Test]
+    public void Every_UapiValue_member_gets_an_assertion()
+    {
+        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static | BindingFlags.Instance | BindingFlags.DeclaredOnly;
+        var marked = UapiLayoutGenerator.Library.GetTypes()
+            .SelectMany(t => t.GetMembers(all))
+            .Where(m => m.GetCustomAttribute<UapiValueAttribute>() is not null)
+            .ToList();
+        var emitted = AllChecks().Select(c => c.Source).ToHashSet();
+
+        Assert.That(marked, Has.Count.GreaterThan(40));
+        Assert.That(marked.Where(m => !emitted.Contains(m)).Select(UapiLayoutGenerator.Describe), Is.Empty,
+            "[UapiValue] on a member that is no static ulong field or property, no id factory, or outside the id classes");
+    }
+
+    [Test]
+    public void Every_id_factory_is_checked_with_every_value_of_every_argument()
+    {
+        var checks = AllChecks().Where(c => c.Arguments is not null).ToList();
+        var factories = AllIdClasses().SelectMany(UapiLayoutGenerator.IdMembers).OfType<MethodInfo>().ToList();
+        var missing = new List<string>();
+        foreach (var factory in factories)
+        {
+            var arguments = checks.Where(c => c.Source == factory).Select(c => c.Arguments!).ToList();
+            int count = factory.GetParameters().Length;
+            for (int i = 0; i < count; i++)
+            {
+                // Every value the factory accepts here (the others 0), found by trying all up to the probe limit.
+                var accepted = Enumerable.Range(-1, UapiLayoutGenerator.ArgumentProbeLimit + 1)
+                    .Where(v => UapiLayoutGenerator.Accepts(factory, [.. Enumerable.Range(0, count).Select(j => (object)(j == i ? v : 0))]));
+                missing.AddRange(accepted.Except(arguments.Select(a => a[i]))
+                    .Select(v => $"{UapiLayoutGenerator.Describe(factory)}: argument {i} = {v}"));
+            }
+        }
+
+        Assert.That(factories.Select(f => f.Name), Is.SupersetOf(new[] { "X", "Spsr", "V", "SystemRegister" }));
+        Assert.That(missing, Is.Empty);
+    }
+
+    [Test]
+    public void The_s390x_sync_moves_only_checked_ids_each_under_its_macro_name()
+    {
+        // S390xRegisterSync's private Reg enum, RegId and RegName: the ids its ONE_REG calls send and name.
+        var sync = typeof(S390xRegisterSync);
+        var reg = sync.GetNestedType("Reg", BindingFlags.NonPublic)!;
+        var regId = sync.GetMethod("RegId", BindingFlags.NonPublic | BindingFlags.Static)!;
+        var regName = sync.GetMethod("RegName", BindingFlags.NonPublic | BindingFlags.Static)!;
+        var macros = UapiLayoutGenerator.IdMembers(typeof(S390xRegisterIds)).OfType<FieldInfo>()
+            .Select(f => (Value: (ulong)f.GetValue(null)!, f.GetCustomAttribute<UapiValueAttribute>()!.Expression))
+            .Where(x => x.Expression.StartsWith("KVM_REG_S390_", StringComparison.Ordinal))
+            .ToList();
+
+        var used = Enum.GetValues(reg).Cast<object>()
+            .Select(r => (Value: (ulong)regId.Invoke(null, [r])!, Expression: (string)regName.Invoke(null, [r])!))
+            .ToList();
+
+        Assert.That(used, Is.EquivalentTo(macros), "each Reg has its own checked id, sent under the name of the macro checked for it");
     }
 }

@@ -111,29 +111,13 @@ internal sealed class Arm64RegisterSyncTests : RegisterSyncModelFixture
 
     // ---- ids, sizes, the register list -------------------------------------------------------
 
+    // The ids' values are compared with the uapi macros by the layout tests (UapiLayoutTests, from
+    // [UapiValue]); this checks what the headers cannot: sizes, names, ranges and the model's list.
     [Test]
-    public void OneRegIds_MatchTheUapiValues()
+    public void OneRegIds_HaveTheirSizesNamesAndRanges()
     {
         Assert.Multiple(() =>
         {
-            Assert.That(Arm64RegisterIds.X(0), Is.EqualTo(0x6030_0000_0010_0000UL));
-            Assert.That(Arm64RegisterIds.X(30), Is.EqualTo(0x6030_0000_0010_003CUL));
-            Assert.That(Arm64RegisterIds.Sp, Is.EqualTo(0x6030_0000_0010_003EUL));
-            Assert.That(Arm64RegisterIds.Pc, Is.EqualTo(0x6030_0000_0010_0040UL));
-            Assert.That(Arm64RegisterIds.Pstate, Is.EqualTo(0x6030_0000_0010_0042UL));
-            Assert.That(Arm64RegisterIds.SpEl1, Is.EqualTo(0x6030_0000_0010_0044UL));
-            Assert.That(Arm64RegisterIds.ElrEl1, Is.EqualTo(0x6030_0000_0010_0046UL));
-            Assert.That(Arm64RegisterIds.Spsr(0), Is.EqualTo(0x6030_0000_0010_0048UL));
-            Assert.That(Arm64RegisterIds.Spsr(4), Is.EqualTo(0x6030_0000_0010_0050UL));
-            Assert.That(Arm64RegisterIds.V(0), Is.EqualTo(0x6040_0000_0010_0054UL));
-            Assert.That(Arm64RegisterIds.V(31), Is.EqualTo(0x6040_0000_0010_00D0UL));
-            Assert.That(Arm64RegisterIds.Fpsr, Is.EqualTo(0x6020_0000_0010_00D4UL));
-            Assert.That(Arm64RegisterIds.Fpcr, Is.EqualTo(0x6020_0000_0010_00D5UL));
-            Assert.That(Arm64RegisterIds.TimerCtl, Is.EqualTo(0x6030_0000_0013_DF19UL));
-            Assert.That(Arm64RegisterIds.TimerCnt, Is.EqualTo(0x6030_0000_0013_DF1AUL));
-            Assert.That(Arm64RegisterIds.TimerCval, Is.EqualTo(0x6030_0000_0013_DF02UL));
-            Assert.That(Arm64RegisterIds.SystemRegister(3, 3, 14, 0, 2), Is.EqualTo(0x6030_0000_0013_DF02UL));
-            Assert.That(Arm64RegisterIds.PsciVersion, Is.EqualTo(0x6030_0000_0014_0000UL));
             Assert.That(
                 (Arm64RegisterIds.SizeOf(Arm64RegisterIds.V(31)), Arm64RegisterIds.SizeOf(Arm64RegisterIds.Fpsr), Arm64RegisterIds.SizeOf(Arm64RegisterIds.Pc)),
                 Is.EqualTo((16, 4, 8)));
