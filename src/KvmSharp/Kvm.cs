@@ -216,4 +216,12 @@ public sealed class Kvm : IDisposable
 
     /// <summary>Closes the <c>/dev/kvm</c> descriptor. Idempotent.</summary>
     public void Dispose() => _fd.Dispose();
+
+    /// <summary>
+    /// The <c>/dev/kvm</c> file descriptor, for a system ioctl KvmSharp lacks (the escape hatch; see
+    /// README, "Raw ioctls"). Do not close it; hold it with <see cref="SafeHandle.DangerousAddRef"/> /
+    /// <see cref="SafeHandle.DangerousRelease"/> around the call so that a concurrent
+    /// <see cref="Dispose"/> cannot close it under you.
+    /// </summary>
+    public SafeHandle SafeHandle => _fd;
 }

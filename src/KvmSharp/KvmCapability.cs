@@ -99,6 +99,8 @@ public enum KvmCapability
     X86UserSpaceMsr = 188,
     /// <summary>KVM_CAP_X86_MSR_FILTER.</summary>
     X86MsrFilter = 189,
+    /// <summary>KVM_CAP_HYPERV_ENFORCE_CPUID: a vCPU capability; with arg0 = 1 the guest may use only the Hyper-V features its CPUID shows.</summary>
+    HypervEnforceCpuid = 199,
     /// <summary>KVM_CAP_DIRTY_LOG_RING: the per-vCPU dirty ring (value: maximum ring size in bytes).</summary>
     DirtyLogRing = 192,
     /// <summary>KVM_CAP_SREGS2 (x86).</summary>

@@ -118,7 +118,10 @@ public sealed class MemorySlot : IDisposable
     public bool Contains(ulong address, ulong length = 1) =>
         address >= GuestPhysicalAddress && length <= Size && address - GuestPhysicalAddress <= Size - length;
 
-    /// <summary>A span over <paramref name="length"/> bytes at byte <paramref name="offset"/> of the slot.</summary>
+    /// <summary>
+    /// A span over <paramref name="length"/> bytes at byte <paramref name="offset"/> of the slot — an
+    /// offset from the slot's start, not a guest-physical address (that is <see cref="GetGuestSpan"/>).
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">The range is not inside the slot.</exception>
     /// <exception cref="ObjectDisposedException">The slot was removed.</exception>
     public Span<byte> GetSpan(ulong offset, int length)
@@ -130,9 +133,13 @@ public sealed class MemorySlot : IDisposable
         return _mapping.Slice(offset, length);
     }
 
-    /// <summary>A span over <paramref name="length"/> bytes at guest-physical <paramref name="address"/>.</summary>
+    /// <summary>
+    /// A span over <paramref name="length"/> bytes at guest-physical <paramref name="address"/> (the
+    /// coordinates of <see cref="Read{T}"/>, <see cref="Write{T}"/> and
+    /// <see cref="VirtualMachine.GetGuestSpan"/>; a slot-relative offset is <see cref="GetSpan"/>'s).
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">The range is not inside the slot.</exception>
-    public Span<byte> GetSpanAt(ulong address, int length)
+    public Span<byte> GetGuestSpan(ulong address, int length)
     {
         ThrowIfDisposed();
         if (length < 0 || !Contains(address, (ulong)length))
@@ -143,7 +150,7 @@ public sealed class MemorySlot : IDisposable
     /// <summary>Reads a value of type <typeparamref name="T"/> at a guest-physical address, in host byte order.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The value is not entirely inside the slot.</exception>
     public T Read<T>(ulong address) where T : unmanaged =>
-        MemoryMarshal.Read<T>(GetSpanAt(address, Unsafe.SizeOf<T>()));
+        MemoryMarshal.Read<T>(GetGuestSpan(address, Unsafe.SizeOf<T>()));
 
     /// <summary>
     /// Writes a value of type <typeparamref name="T"/> at a guest-physical address, in host byte order.
@@ -153,20 +160,20 @@ public sealed class MemorySlot : IDisposable
     /// <exception cref="ArgumentOutOfRangeException">The value is not entirely inside the slot.</exception>
     public void Write<T>(ulong address, T value) where T : unmanaged
     {
-        MemoryMarshal.Write(GetSpanAt(address, Unsafe.SizeOf<T>()), in value);
+        MemoryMarshal.Write(GetGuestSpan(address, Unsafe.SizeOf<T>()), in value);
         _vm.DirtyTracker?.MarkSlotWrite(this, address - GuestPhysicalAddress, (ulong)Unsafe.SizeOf<T>());
     }
 
     /// <summary>Copies guest memory at <paramref name="address"/> into <paramref name="destination"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The range is not inside the slot.</exception>
     public void Read(ulong address, Span<byte> destination) =>
-        GetSpanAt(address, destination.Length).CopyTo(destination);
+        GetGuestSpan(address, destination.Length).CopyTo(destination);
 
     /// <summary>Copies <paramref name="source"/> into guest memory at <paramref name="address"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The range is not inside the slot.</exception>
     public void Write(ulong address, ReadOnlySpan<byte> source)
     {
-        source.CopyTo(GetSpanAt(address, source.Length));
+        source.CopyTo(GetGuestSpan(address, source.Length));
         _vm.DirtyTracker?.MarkSlotWrite(this, address - GuestPhysicalAddress, (ulong)source.Length);
     }
 

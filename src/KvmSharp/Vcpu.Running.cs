@@ -15,7 +15,7 @@ public sealed partial class Vcpu
     /// </summary>
     /// <returns>A view into <c>kvm_run</c>, valid until the next call to <see cref="Run()"/> or disposal.</returns>
     /// <remarks>
-    /// A signal, <see cref="RequestExit"/> or <see cref="ImmediateExit"/> makes KVM_RUN fail with EINTR;
+    /// A signal or <see cref="RequestExit"/> makes KVM_RUN fail with EINTR;
     /// that is reported as <see cref="VcpuExitReason.Interrupted"/>, not thrown. Kicks made only to run
     /// <see cref="Invoke"/> actions are absorbed: the actions run on this thread and the guest resumes.
     /// Whatever the guest does is an exit, never an exception.

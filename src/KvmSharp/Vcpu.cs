@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
 using KvmSharp.Registers;
@@ -155,28 +156,63 @@ public sealed partial class Vcpu : IDisposable
     internal ref ulong RunDirtyRegs => ref _core.RunDirtyRegs;
 
     /// <summary>
-    /// Whether the next <see cref="Run()"/> returns at once with <see cref="VcpuExitReason.Interrupted"/>
-    /// (via <c>kvm_run.immediate_exit</c>; needs KVM_CAP_IMMEDIATE_EXIT). Setting it is
-    /// <see cref="RequestExit"/>; clearing it is <see cref="CancelExitRequest"/>.
+    /// Whether an exit is requested that no run has consumed yet: the next <see cref="Run()"/> then
+    /// returns at once with <see cref="VcpuExitReason.Interrupted"/> (it sets <c>kvm_run.immediate_exit</c>;
+    /// needs KVM_CAP_IMMEDIATE_EXIT). <see cref="RequestExit"/> sets it, a run or
+    /// <see cref="CancelExitRequest"/> clears it. Any thread.
     /// </summary>
-    public bool ImmediateExit
+    public bool IsExitRequested => Volatile.Read(ref _core.ExitRequested) != 0;
+
+    /// <summary>
+    /// Whether the next runs should exit (<see cref="VcpuExitReason.IrqWindowOpen"/>) as soon as the
+    /// guest can take an interrupt: <c>kvm_run.request_interrupt_window</c>, read by KVM at each entry,
+    /// for a user-space interrupt controller (x86 without an in-kernel irqchip) that injects
+    /// interrupts itself. A plain field of <c>kvm_run</c>, not a request to another thread: set it on
+    /// the thread that owns the vCPU, between runs.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU.</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    public bool RequestInterruptWindow
     {
-        get => Volatile.Read(ref _core.ExitRequested) != 0;
+        get
+        {
+            CheckAccess();
+            return _core.RunSpan()[0] != 0;
+        }
         set
         {
-            if (value) RequestExit();
-            else CancelExitRequest();
+            CheckAccess();
+            _core.RunSpan()[0] = value ? (byte)1 : (byte)0;
         }
     }
 
     /// <summary>
-    /// Whether KVM should exit as soon as the guest can take an interrupt (<c>kvm_run.request_interrupt_window</c>).
+    /// Enables a vCPU capability with its arguments, as api.rst describes each (e.g.
+    /// <see cref="KvmCapability.HypervEnforceCpuid"/>). Wraps KVM_ENABLE_CAP on the vCPU fd; needs
+    /// KVM_CAP_ENABLE_CAP. VM-wide capabilities go to <see cref="VirtualMachine.EnableCapability"/>.
     /// </summary>
-    public bool RequestInterruptWindow
+    /// <exception cref="KvmException">KVM refused (e.g. EINVAL for a capability it does not offer on vCPUs; the message names the capability and the arguments).</exception>
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU.</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    public void EnableCapability(KvmCapability capability, ulong arg0 = 0, ulong arg1 = 0, ulong arg2 = 0, ulong arg3 = 0)
     {
-        get => _core.RunSpan()[0] != 0;
-        set => _core.RunSpan()[0] = value ? (byte)1 : (byte)0;
+        CheckAccess();
+        var enable = kvm_enable_cap.With((uint)capability, arg0, arg1, arg2, arg3);
+        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_ENABLE_CAP, ref enable);
+        if (r < 0)
+            ThrowHelper.ThrowKvm(KvmIoctls.KVM_ENABLE_CAP, r, $"vcpu {Id}, {capability} ({(int)capability}), args 0x{arg0:X}, 0x{arg1:X}, 0x{arg2:X}, 0x{arg3:X}");
     }
+
+    /// <summary>
+    /// The vCPU's file descriptor, for an ioctl KvmSharp lacks (the escape hatch; see README,
+    /// "Raw ioctls"). Do not close it, and hold it with <see cref="SafeHandle.DangerousAddRef"/> /
+    /// <see cref="SafeHandle.DangerousRelease"/> around the call so that a concurrent
+    /// <see cref="Dispose"/> cannot close it under you. KvmSharp does not see what a raw ioctl
+    /// changes: around a raw ioctl that reads or sets registers or MP state, call
+    /// <see cref="IRegisterSync.Invalidate"/> on <see cref="Registers"/> before (pending writes reach
+    /// KVM first) and after (the cache forgets what it held); use it on the thread that owns the vCPU.
+    /// </summary>
+    public SafeHandle SafeHandle => _core.FdHandle;
 
     /// <summary>The address of the <c>kvm_run</c> mapping, for the register strategies (which use it only while the vCPU is alive and owned).</summary>
     internal nint RunAddress => _runAddress;

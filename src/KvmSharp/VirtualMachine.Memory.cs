@@ -205,7 +205,7 @@ public sealed partial class VirtualMachine
         var slot = FindSlot(address) ?? throw Hole(address);
         if (!slot.Contains(address, (ulong)length))
             throw new ArgumentException($"Guest range 0x{address:X}..0x{address + (ulong)length:X} runs past the end of memory slot {slot.Slot} (0x{slot.GuestPhysicalAddress:X}..0x{slot.EndAddress:X}); use ReadGuest/WriteGuest to cross slots.", nameof(length));
-        return slot.GetSpanAt(address, length);
+        return slot.GetGuestSpan(address, length);
     }
 
     /// <summary>Copies guest memory at <paramref name="address"/> into <paramref name="destination"/>, across slot boundaries.</summary>
@@ -216,7 +216,7 @@ public sealed partial class VirtualMachine
         {
             var slot = FindSlot(address) ?? throw Hole(address);
             int n = (int)Math.Min((ulong)destination.Length, slot.EndAddress - address);
-            slot.GetSpanAt(address, n).CopyTo(destination);
+            slot.GetGuestSpan(address, n).CopyTo(destination);
             destination = destination.Slice(n);
             address += (ulong)n;
         }

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 
 namespace KvmSharp;
@@ -52,6 +53,16 @@ public sealed partial class VirtualMachine : IDisposable
 
     /// <summary>True once the VM has been disposed.</summary>
     public bool IsDisposed => _fd.IsClosed;
+
+    /// <summary>
+    /// The VM's file descriptor, for a VM ioctl KvmSharp lacks (the escape hatch; see README, "Raw
+    /// ioctls"). Do not close it; hold it with <see cref="SafeHandle.DangerousAddRef"/> /
+    /// <see cref="SafeHandle.DangerousRelease"/> around the call so that a concurrent
+    /// <see cref="Dispose"/> cannot close it under you. KvmSharp does not see what a raw ioctl changes:
+    /// memory slots must be added through <see cref="AddMemorySlot"/>, or snapshots and dirty
+    /// tracking will not know them.
+    /// </summary>
+    public SafeHandle SafeHandle => _fd;
 
     internal int Fd
     {

@@ -133,7 +133,7 @@ public class ThreadingTests : KvmTestBase
         }
         Wait.Join(vcpuThread, "the vCPU thread after its last run");
         Assert.That((interrupted, other), Is.EqualTo((kicks, 0)));
-        Assert.That(g.Cpu.ImmediateExit, Is.False, "every request was consumed by a run");
+        Assert.That(g.Cpu.IsExitRequested, Is.False, "every request was consumed by a run");
     }
 
     [Test]

@@ -28,10 +28,10 @@ public class VcpuTests : KvmTestBase
     public void ImmediateExit_ReturnsInterrupted_WithoutRunningTheGuest()
     {
         using var g = TestGuest.LongMode(Kvm, a => { a.mov(eax, 1); a.hlt(); });
-        g.Cpu.ImmediateExit = true;
+        g.Cpu.RequestExit();
         Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Interrupted));
         Assert.That(g.Cpu.X86.Rip, Is.EqualTo(TestGuest.CodeAddress), "nothing ran");
-        g.Cpu.ImmediateExit = false;
+        g.Cpu.CancelExitRequest();
         Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
         Assert.That(g.Cpu.X86.Rax, Is.EqualTo(1));
     }

@@ -67,6 +67,9 @@ internal sealed partial class VcpuCore
         }
     }
 
+    /// <summary>The vCPU fd's handle (the public escape hatch, <see cref="Vcpu.SafeHandle"/>).</summary>
+    internal KvmFdHandle FdHandle => _fd;
+
     /// <summary>The VM's fd (KVM_CHECK_EXTENSION, VM-wide queries a strategy needs); throws once the VM is closed.</summary>
     internal int VmFd
     {

@@ -382,7 +382,7 @@ internal sealed class Arm64RegisterSyncTests : RegisterSyncModelFixture
     {
         Guest.Guest = v => MmioRead(v, register: 0);
         Cpu.Run();
-        Cpu.ImmediateExit = true;
+        Cpu.RequestExit();
         var exit = Cpu.Run();
         Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Interrupted));
         Assert.That(A64.HasPendingAccess, Is.False);

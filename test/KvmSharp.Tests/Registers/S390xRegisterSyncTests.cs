@@ -511,13 +511,13 @@ internal sealed class S390xRegisterSyncTests(S390xKvm kvm) : RegisterSyncModelFi
         Cpu.Run();
         S.SetGeneralRegister(3, 0x33);
         S.SetControlRegister(3, 0x333);
-        Cpu.ImmediateExit = true;
+        Cpu.RequestExit();
         Assert.That(Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Interrupted));
         Assert.That(S.PendingSets, Is.EqualTo(S390xRegisterSets.Gprs | S390xRegisterSets.Crs), "KVM returned before loading them");
         Model.ResetCounts();
         Assert.That((S.GetGeneralRegister(3), S.GetControlRegister(3)), Is.EqualTo((0x33UL, 0x333UL)));
         Assert.That(Model.TotalIoctls, Is.Zero, Calls);
-        Cpu.ImmediateExit = false;
+        Cpu.CancelExitRequest();
         Cpu.Run();
         Assert.That((Mc.Gprs[3], Mc.Crs[3]), Is.EqualTo((0x33UL, 0x333UL)));
         Assert.That(S.PendingSets, Is.EqualTo(S390xRegisterSets.None));
