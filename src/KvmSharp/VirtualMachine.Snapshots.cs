@@ -14,7 +14,8 @@ public sealed partial class VirtualMachine
     /// <summary>
     /// Captures every vCPU's registers (level Full) and all guest memory. Turns dirty tracking on if
     /// it is off (so that <see cref="Restore"/> can copy back only what changed) and makes this
-    /// snapshot the baseline that tracking measures from.
+    /// snapshot the baseline that tracking measures from (the baseline's own record: what
+    /// <see cref="DirtyPageTracker.Harvest"/> reports is unaffected).
     /// </summary>
     /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
@@ -38,7 +39,7 @@ public sealed partial class VirtualMachine
     {
         // Registers first: saving completes a pending I/O or MMIO access, which may write memory.
         var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
-        tracker.Harvest().Dispose(); // start a fresh tracking period: memory == snapshot from here
+        tracker.ResetBaseline(); // memory == snapshot from here (the user's Harvest keeps its pages)
         var slots = _slots.OrderBy(s => s.Slot).Select(s =>
         {
             var data = GC.AllocateUninitializedArray<byte>(checked((int)s.Size));
@@ -59,6 +60,12 @@ public sealed partial class VirtualMachine
     /// methods — are copied back, so the cost follows the dirty pages, not the RAM size. Otherwise all
     /// memory is copied once and the snapshot becomes the baseline.
     /// </summary>
+    /// <remarks>
+    /// Independent of <see cref="DirtyPageTracker.Harvest"/>: restoring keeps its own record of the
+    /// pages written since the snapshot, so harvesting in between takes nothing from it. The pages
+    /// restored count as host writes for the next <see cref="DirtyPageTracker.Harvest"/> (all pages
+    /// when all memory was copied).
+    /// </remarks>
     /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots or vCPUs do not match this VM's (named).</exception>
     /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
@@ -90,7 +97,8 @@ public sealed partial class VirtualMachine
         // are then among the dirty pages copied back below.
         foreach (var (vcpu, state) in vcpus)
             vcpu.Registers.RestoreState(state);
-        using (var dirty = tracker.Harvest())
+        // The baseline's own record of written pages: the user's Harvest takes nothing from it.
+        using (var dirty = tracker.HarvestBaseline())
         {
             if (incremental)
             {
@@ -103,11 +111,13 @@ public sealed partial class VirtualMachine
                     foreach (ulong p in dirty.PagesAt(i))
                         image.Data.AsSpan((int)(p * (ulong)page), page).CopyTo(slot.Mapping.Slice(p * (ulong)page, page));
                 }
+                tracker.MarkRestored(dirty); // host writes, for the user's Harvest
             }
             else
             {
                 foreach (var (slot, image) in slots)
                     image.Data.CopyTo(slot.Mapping.Slice(0, image.Data.Length));
+                tracker.MarkAllRestored();
                 _baseline = snapshot;
                 _baselineSlots = slots;
                 _baselineVcpus = vcpus;
