@@ -398,7 +398,10 @@ public class SnapshotTests : KvmTestBase
         foreach (var (hostile, what) in new[]
         {
             (HostileSnapshot(slotSize: (ulong)Array.MaxLength), "a slot of Array.MaxLength bytes"),
-            (HostileSnapshot(slotSize: 0x1_0000_0000), "a slot over 4 GiB"),
+            (HostileSnapshot(slotSize: 0x1_0000_0000), "a slot of 4 GiB (2048 chunk records)"),
+            (HostileSnapshot(slotSize: 1UL << 45), "a slot of 32 TiB (16 Mi chunk records)"),
+            (HostileSnapshot(slotSize: 1UL << 60), "a slot of 1 EiB"),
+            (HostileSnapshot(slotSize: 0x200000, storedChunk: true), "a stored 2 MiB chunk"),
             (HostileSnapshot(setLength: 1 << 20), "a 1 MiB register set"),
             (HostileSnapshot(vcpus: 4096, slots: 65536), "4096 vCPUs and 65536 slots"),
         })
@@ -409,10 +412,15 @@ public class SnapshotTests : KvmTestBase
             Assert.That(allocated, Is.LessThan(4 << 20), $"{what}: allocated {allocated} bytes ({ex!.Message})");
             Assert.That(ex.Message, Does.Contain("truncated").Or.Contain("too large"), what);
         }
+        var kind = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(Open(HostileSnapshot(slotSize: 0x1000, chunkKind: 7))));
+        Assert.That(kind!.Message, Does.Contain("unknown kind 7"));
     }
 
-    /// <summary>A snapshot header (x86_64) followed by one record that claims far more than the 64 bytes after it.</summary>
-    private static byte[] HostileSnapshot(ulong slotSize = 0, uint setLength = 0, uint vcpus = 0, uint slots = 0)
+    /// <summary>
+    /// A snapshot header (x86_64) followed by one record that claims far more than the 64 bytes after
+    /// it (which, after a slot header, read as chunk records of kind 0: all zeros, nothing stored).
+    /// </summary>
+    private static byte[] HostileSnapshot(ulong slotSize = 0, uint setLength = 0, uint vcpus = 0, uint slots = 0, bool storedChunk = false, byte chunkKind = 0)
     {
         using var ms = new MemoryStream();
         using var w = new BinaryWriter(ms);
@@ -429,6 +437,8 @@ public class SnapshotTests : KvmTestBase
         {
             w.Write(0u); w.Write(1u);               // no vCPUs, one slot
             w.Write(0u); w.Write(0u); w.Write(0UL); w.Write(slotSize);
+            if (storedChunk) w.Write((byte)1);      // chunk 0 stored: 2 MiB should follow
+            else if (chunkKind != 0) w.Write(chunkKind);
         }
         else
         {
