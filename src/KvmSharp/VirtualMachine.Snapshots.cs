@@ -8,13 +8,15 @@ public sealed partial class VirtualMachine
     private VmSnapshot? _baseline;
     // The baseline's slots and vCPUs matched to this VM's; valid while _baseline is (it is cleared
     // whenever slots or vCPUs change). PERF: a repeated restore allocates nothing.
-    private Dictionary<MemorySlot, VmSnapshot.SlotImage>? _baselineSlots;
+    private Dictionary<MemorySlot, SlotImage>? _baselineSlots;
     private List<(Vcpu, Registers.RegisterState)>? _baselineVcpus;
 
     /// <summary>
-    /// Captures every vCPU's registers (level Full) and all guest memory. Turns dirty tracking on if
+    /// Captures every vCPU's registers (level Full) and all guest memory, of slots of any size (in
+    /// 2 MiB chunks; chunks that are all zeros are not stored). Turns dirty tracking on if
     /// it is off (so that <see cref="Restore"/> can copy back only what changed) and makes this
-    /// snapshot the baseline that tracking measures from.
+    /// snapshot the baseline that tracking measures from (the baseline's own record: what
+    /// <see cref="DirtyPageTracker.Harvest"/> reports is unaffected).
     /// </summary>
     /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
@@ -38,13 +40,8 @@ public sealed partial class VirtualMachine
     {
         // Registers first: saving completes a pending I/O or MMIO access, which may write memory.
         var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
-        tracker.Harvest().Dispose(); // start a fresh tracking period: memory == snapshot from here
-        var slots = _slots.OrderBy(s => s.Slot).Select(s =>
-        {
-            var data = GC.AllocateUninitializedArray<byte>(checked((int)s.Size));
-            s.Mapping.Slice(0, data.Length).CopyTo(data);
-            return new VmSnapshot.SlotImage(s.Slot, s.Flags, s.GuestPhysicalAddress, s.Size, data);
-        }).ToArray();
+        tracker.ResetBaseline(); // memory == snapshot from here (the user's Harvest keeps its pages)
+        var slots = _slots.OrderBy(s => s.Slot).Select(SlotImage.Capture).ToArray();
         var snapshot = new VmSnapshot(Architecture, vcpus, slots);
         _baseline = snapshot;
         _baselineSlots = MatchSlots(snapshot);
@@ -57,8 +54,16 @@ public sealed partial class VirtualMachine
     /// registers at level Full. When the VM's memory last matched this snapshot (it was created here,
     /// or restored last), only the pages written since — by the guest, or through the slot write
     /// methods — are copied back, so the cost follows the dirty pages, not the RAM size. Otherwise all
-    /// memory is copied once and the snapshot becomes the baseline.
+    /// memory is copied once (memory the snapshot holds no bytes for, because it was all zeros, is
+    /// handed back to the kernel with <c>madvise(MADV_DONTNEED)</c>, which reads as zeros) and the
+    /// snapshot becomes the baseline.
     /// </summary>
+    /// <remarks>
+    /// Independent of <see cref="DirtyPageTracker.Harvest"/>: restoring keeps its own record of the
+    /// pages written since the snapshot, so harvesting in between takes nothing from it. The pages
+    /// restored count as host writes for the next <see cref="DirtyPageTracker.Harvest"/> (all pages
+    /// when all memory was copied).
+    /// </remarks>
     /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots or vCPUs do not match this VM's (named).</exception>
     /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
@@ -90,7 +95,8 @@ public sealed partial class VirtualMachine
         // are then among the dirty pages copied back below.
         foreach (var (vcpu, state) in vcpus)
             vcpu.Registers.RestoreState(state);
-        using (var dirty = tracker.Harvest())
+        // The baseline's own record of written pages: the user's Harvest takes nothing from it.
+        using (var dirty = tracker.HarvestBaseline())
         {
             if (incremental)
             {
@@ -101,13 +107,15 @@ public sealed partial class VirtualMachine
                     var image = slots[slot];
                     // PERF: copy page by page straight from the snapshot into the mapping; no buffers.
                     foreach (ulong p in dirty.PagesAt(i))
-                        image.Data.AsSpan((int)(p * (ulong)page), page).CopyTo(slot.Mapping.Slice(p * (ulong)page, page));
+                        image.CopyTo(p * (ulong)page, slot.Mapping.Slice(p * (ulong)page, page));
                 }
+                tracker.MarkRestored(dirty); // host writes, for the user's Harvest
             }
             else
             {
                 foreach (var (slot, image) in slots)
-                    image.Data.CopyTo(slot.Mapping.Slice(0, image.Data.Length));
+                    image.RestoreAll(slot, Kernel);
+                tracker.MarkAllRestored();
                 _baseline = snapshot;
                 _baselineSlots = slots;
                 _baselineVcpus = vcpus;
@@ -115,9 +123,9 @@ public sealed partial class VirtualMachine
         }
     }
 
-    private Dictionary<MemorySlot, VmSnapshot.SlotImage> MatchSlots(VmSnapshot snapshot)
+    private Dictionary<MemorySlot, SlotImage> MatchSlots(VmSnapshot snapshot)
     {
-        var map = new Dictionary<MemorySlot, VmSnapshot.SlotImage>();
+        var map = new Dictionary<MemorySlot, SlotImage>();
         foreach (var image in snapshot.Slots)
         {
             var slot = _slots.FirstOrDefault(s => s.Slot == image.Slot)

@@ -142,6 +142,59 @@ public class DirtyTrackingTests(DirtyLogBackend backend) : KvmTestBase
             $"RAM pages reported: {string.Join(", ", pages.Select(p => $"0x{p * (ulong)VirtualMachine.PageSize:X}"))}");
     }
 
+    /// <summary>
+    /// The user's <see cref="DirtyPageTracker.Harvest"/> and the snapshot baseline are independent
+    /// consumers: harvesting between a snapshot and a restore takes nothing from the restore (memory
+    /// comes back byte-exact), and a snapshot or a restore takes nothing from the user's harvest
+    /// (which also reports the pages the restore copied back: host writes).
+    /// </summary>
+    [Test]
+    public void UsersHarvest_AndSnapshotRestore_EachSeeEveryWrite()
+    {
+        var (vm, data, cpu) = Create(a =>
+        {
+            a.mov(rbx, Data);
+            a.mov(__qword_ptr[rbx + 0x1000], rax);    // page 1
+            a.mov(__qword_ptr[rbx + 0x5008], rax);    // page 5
+            a.hlt();
+        });
+        using (vm)
+        {
+            var tracker = vm.DirtyTracker!;
+            cpu.X86.Rax = 0xAAAA;
+            Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+            var snap = vm.CreateSnapshot();            // collects what KVM reports, for both consumers
+            using (var before = tracker.Harvest())
+                Assert.That(before.PagesOf(data).ToArray(), Is.EqualTo(new ulong[] { 1, 5 }), "the guest's writes before the snapshot: CreateSnapshot did not consume them");
+            var memory = vm.MemorySlots.Select(s => s.Span.ToArray()).ToArray();
+
+            for (int round = 0; round < 2; round++)
+            {
+                cpu.X86.Rip = TestGuest.CodeAddress;
+                cpu.X86.Rax = 0xBBBB + (ulong)round;
+                Assert.That(cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+                data.Write(Data + 0x7010, 42UL);       // a host write through the slot API
+                Assert.That(data.Read<ulong>(Data + 0x1000), Is.EqualTo(0xBBBB + (ulong)round), "KVM ran the guest's store");
+                if (round == 0)
+                {
+                    // The user reads the dirty pages between snapshot and restore (a fuzzer's coverage, a migration pass).
+                    using var mine = tracker.Harvest();
+                    Assert.That(mine.PagesOf(data).ToArray(), Is.EqualTo(new ulong[] { 1, 5, 7 }));
+                }
+                vm.Restore(snap);
+                Assert.That(vm.MemorySlots.Select((s, i) => s.Span.SequenceEqual(memory[i])), Is.All.True,
+                    $"round {round}: byte-exact memory after restore{(round == 0 ? ", although the user harvested in between" : "")}");
+                using var after = tracker.Harvest();
+                Assert.That(after.PagesOf(data).ToArray(), Is.EqualTo(new ulong[] { 1, 5, 7 }),
+                    round == 0 ? "the pages the restore copied back (host writes), although the user had harvested the guest's"
+                               : "the guest's and the host's writes, although the restore harvested them too");
+                AssertOnlyCpuStructuresOrCode(after, vm.FindSlot(0)!);
+            }
+            using (var none = tracker.Harvest())
+                Assert.That(none.PagesOf(data).Length, Is.EqualTo(0), "each page once per consumer");
+        }
+    }
+
     [Test]
     public void ManyPages_AreAllReported_EvenPastAFullDirtyRing()
     {
@@ -232,7 +285,7 @@ public class SnapshotTests : KvmTestBase
         var snap = g.Vm.CreateSnapshot();
         var memory = g.Vm.MemorySlots.Select(s => s.Span.ToArray()).ToArray();
         if (pagesPerRun > 0) Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Io));
-        using (var peek = g.Vm.DirtyTracker!.Harvest())
+        using (var peek = g.Vm.DirtyTracker!.Harvest()) // the user's harvest: takes nothing from Restore
         {
             // The guest's stores go to the data slot only; the CPU itself writes RAM (page tables,
             // descriptor tables: below X86LongMode.ReservedBytes) and KVM may report the code page
@@ -240,7 +293,6 @@ public class SnapshotTests : KvmTestBase
             Assert.That(peek.PagesOf(g.Vm.FindSlot(Data)!).Length, Is.EqualTo(pagesPerRun), "the guest dirtied exactly that many data pages");
             Assert.That(peek.Addresses().Where(a => a < Data),
                 Has.All.Matches<ulong>(a => a < X86LongMode.ReservedBytes || a == TestGuest.CodeAddress), "RAM: only what the CPU writes, or the code page");
-            foreach (var a in peek.Addresses()) g.Vm.DirtyTracker.MarkHostWrite(a, 1); // put them back for Restore
         }
         g.Vm.Restore(snap);
         Assert.That(SameMemory(g.Vm, memory), Is.True);
@@ -302,6 +354,9 @@ public class SnapshotTests : KvmTestBase
         using var g2 = Mutator();
         g2.Vm.Restore(loaded);
         Assert.That(SameMemory(g2.Vm, [.. g.Vm.MemorySlots.Select(s => s.Span.ToArray())]), Is.True);
+        using (var all = g2.Vm.DirtyTracker!.Harvest())
+            Assert.That(all.Count, Is.EqualTo(g2.Vm.MemorySlots.Sum(s => (long)(s.Size / (ulong)VirtualMachine.PageSize))),
+                "a restore that copied all memory reports every page to the user's harvest (host writes)");
         Assert.That(g2.Cpu.Run().Io.Value, Is.EqualTo(g.Cpu.Run().Io.Value));
 
         var truncated = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(new MemoryStream(bytes[..(bytes.Length / 2)])));
@@ -343,7 +398,10 @@ public class SnapshotTests : KvmTestBase
         foreach (var (hostile, what) in new[]
         {
             (HostileSnapshot(slotSize: (ulong)Array.MaxLength), "a slot of Array.MaxLength bytes"),
-            (HostileSnapshot(slotSize: 0x1_0000_0000), "a slot over 4 GiB"),
+            (HostileSnapshot(slotSize: 0x1_0000_0000), "a slot of 4 GiB (2048 chunk records)"),
+            (HostileSnapshot(slotSize: 1UL << 45), "a slot of 32 TiB (16 Mi chunk records)"),
+            (HostileSnapshot(slotSize: 1UL << 60), "a slot of 1 EiB"),
+            (HostileSnapshot(slotSize: 0x200000, storedChunk: true), "a stored 2 MiB chunk"),
             (HostileSnapshot(setLength: 1 << 20), "a 1 MiB register set"),
             (HostileSnapshot(vcpus: 4096, slots: 65536), "4096 vCPUs and 65536 slots"),
         })
@@ -354,10 +412,15 @@ public class SnapshotTests : KvmTestBase
             Assert.That(allocated, Is.LessThan(4 << 20), $"{what}: allocated {allocated} bytes ({ex!.Message})");
             Assert.That(ex.Message, Does.Contain("truncated").Or.Contain("too large"), what);
         }
+        var kind = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(Open(HostileSnapshot(slotSize: 0x1000, chunkKind: 7))));
+        Assert.That(kind!.Message, Does.Contain("unknown kind 7"));
     }
 
-    /// <summary>A snapshot header (x86_64) followed by one record that claims far more than the 64 bytes after it.</summary>
-    private static byte[] HostileSnapshot(ulong slotSize = 0, uint setLength = 0, uint vcpus = 0, uint slots = 0)
+    /// <summary>
+    /// A snapshot header (x86_64) followed by one record that claims far more than the 64 bytes after
+    /// it (which, after a slot header, read as chunk records of kind 0: all zeros, nothing stored).
+    /// </summary>
+    private static byte[] HostileSnapshot(ulong slotSize = 0, uint setLength = 0, uint vcpus = 0, uint slots = 0, bool storedChunk = false, byte chunkKind = 0)
     {
         using var ms = new MemoryStream();
         using var w = new BinaryWriter(ms);
@@ -374,6 +437,8 @@ public class SnapshotTests : KvmTestBase
         {
             w.Write(0u); w.Write(1u);               // no vCPUs, one slot
             w.Write(0u); w.Write(0u); w.Write(0UL); w.Write(slotSize);
+            if (storedChunk) w.Write((byte)1);      // chunk 0 stored: 2 MiB should follow
+            else if (chunkKind != 0) w.Write(chunkKind);
         }
         else
         {

@@ -11,8 +11,13 @@ namespace KvmSharp;
 /// (KVM_MEM_LOG_DIRTY_PAGES is set on it).
 /// </summary>
 /// <remarks>
-/// Thread-safe. Host writes through raw spans (<see cref="MemorySlot.Span"/>, <see cref="MemorySlot.GetSpan"/>)
-/// are invisible to KVM: report them with <see cref="MarkHostWrite"/>.
+/// <para>Thread-safe. Host writes through raw spans (<see cref="MemorySlot.Span"/>, <see cref="MemorySlot.GetSpan"/>)
+/// are invisible to KVM: report them with <see cref="MarkHostWrite"/>.</para>
+/// <para>The tracker serves two independent consumers: your <see cref="Harvest"/>, and the VM's
+/// snapshot baseline (<see cref="VirtualMachine.CreateSnapshot"/> and <see cref="VirtualMachine.Restore"/>).
+/// Each sees every page written since its own last harvest: what KVM reports is collected once and
+/// recorded for both, so harvesting here never hides a page from <see cref="VirtualMachine.Restore"/>,
+/// and a snapshot or restore never hides one from <see cref="Harvest"/>.</para>
 /// </remarks>
 public sealed class DirtyPageTracker
 {
@@ -23,12 +28,49 @@ public sealed class DirtyPageTracker
     private readonly Dictionary<MemorySlot, SlotState> _slots = [];
     private readonly List<DirtyRing> _rings = []; // its own list: harvesting never takes the VM's lock
 
-    private sealed class SlotState(MemorySlot slot)
+    // The consumers: each has its own pending bitmap per slot (a page is pending for a consumer
+    // from the write until that consumer's next harvest).
+    private const int User = 0, Baseline = 1, Consumers = 2;
+
+    private sealed class SlotState
     {
-        public readonly MemorySlot Slot = slot;
-        public readonly int Words = (int)((slot.Size / (ulong)VirtualMachine.PageSize + 63) / 64);
-        public ulong[] Pending = new ulong[(int)((slot.Size / (ulong)VirtualMachine.PageSize + 63) / 64)];
+        public readonly MemorySlot Slot;
+        public readonly ulong Pages;
+        public readonly int Words;
+        public readonly ulong[][] Pending = new ulong[Consumers][];
         public NativeBuffer? KernelBitmap; // KVM_GET_DIRTY_LOG's buffer, allocated once
+
+        public SlotState(MemorySlot slot)
+        {
+            Slot = slot;
+            Pages = slot.Size / (ulong)VirtualMachine.PageSize;
+            Words = (int)((Pages + 63) / 64);
+            for (int c = 0; c < Consumers; c++) Pending[c] = new ulong[Words];
+        }
+
+        /// <summary>Records pages <paramref name="first"/>..<paramref name="last"/> (inclusive) for every consumer.</summary>
+        public void MarkAll(ulong first, ulong last)
+        {
+            foreach (var bitmap in Pending) SetRange(bitmap, first, last);
+        }
+
+        /// <summary>Records what KVM reported for word <paramref name="w"/> for every consumer.</summary>
+        public void Report(int w, ulong bits)
+        {
+            foreach (var bitmap in Pending) bitmap[w] |= bits;
+        }
+    }
+
+    /// <summary>Sets the bits of pages <paramref name="first"/>..<paramref name="last"/> (inclusive), a word at a time.</summary>
+    private static void SetRange(ulong[] bitmap, ulong first, ulong last)
+    {
+        for (ulong p = first; p <= last;)
+        {
+            int bit = (int)(p % 64);
+            ulong n = Math.Min(64UL - (ulong)bit, last - p + 1);
+            bitmap[p / 64] |= (n == 64 ? ulong.MaxValue : (1UL << (int)n) - 1) << bit;
+            p += n;
+        }
     }
 
     internal DirtyPageTracker(VirtualMachine vm, DirtyLogBackend backend, int ringBytes)
@@ -81,7 +123,7 @@ public sealed class DirtyPageTracker
                 var st = FindState(address) ?? throw new ArgumentException($"Guest-physical address 0x{address:X} is in no tracked memory slot.", nameof(address));
                 ulong page = (address - st.Slot.GuestPhysicalAddress) / (ulong)VirtualMachine.PageSize;
                 ulong last = (Math.Min(end, st.Slot.EndAddress) - 1 - st.Slot.GuestPhysicalAddress) / (ulong)VirtualMachine.PageSize;
-                for (ulong p = page; p <= last; p++) st.Pending[p / 64] |= 1UL << (int)(p % 64);
+                st.MarkAll(page, last);
                 address = st.Slot.GuestPhysicalAddress + (last + 1) * (ulong)VirtualMachine.PageSize;
             }
         }
@@ -95,7 +137,7 @@ public sealed class DirtyPageTracker
         {
             if (!_slots.TryGetValue(slot, out var st)) return;
             ulong ps = (ulong)VirtualMachine.PageSize;
-            for (ulong p = offset / ps, last = (offset + length - 1) / ps; p <= last; p++) st.Pending[p / 64] |= 1UL << (int)(p % 64);
+            st.MarkAll(offset / ps, (offset + length - 1) / ps);
         }
     }
 
@@ -107,13 +149,25 @@ public sealed class DirtyPageTracker
     }
 
     /// <summary>
-    /// Returns every page written since the last harvest (by the guest or through the slot write
-    /// methods), each once, and starts a new tracking period. Wraps KVM_GET_DIRTY_LOG (+ KVM_CLEAR_DIRTY_LOG),
-    /// or reads the vCPUs' dirty rings and calls KVM_RESET_DIRTY_RINGS. Allocates nothing once warm.
+    /// Returns every page written since the last call of this method (by the guest, through the slot
+    /// write methods, reported with <see cref="MarkHostWrite"/>, or copied back by
+    /// <see cref="VirtualMachine.Restore"/>), each once, and starts a new tracking period. Wraps
+    /// KVM_GET_DIRTY_LOG (+ KVM_CLEAR_DIRTY_LOG), or reads the vCPUs' dirty rings and calls
+    /// KVM_RESET_DIRTY_RINGS. Allocates nothing once warm.
     /// </summary>
-    /// <remarks>Pages the guest writes while the harvest runs are reported by this harvest or the next one.</remarks>
+    /// <remarks>
+    /// <para>Pages the guest writes while the harvest runs are reported by this harvest or the next one.</para>
+    /// <para>Independent of snapshots: <see cref="VirtualMachine.CreateSnapshot"/> and
+    /// <see cref="VirtualMachine.Restore"/> keep their own record of written pages, so calling this
+    /// between a snapshot and a restore takes nothing from the restore, and they take nothing from it.
+    /// The pages a restore copies back from the snapshot count as host writes (their contents changed):
+    /// the next harvest reports them — after a restore that copies all memory (the first restore of a
+    /// snapshot into this VM), every page of every slot.</para>
+    /// </remarks>
     /// <exception cref="KvmException">An ioctl failed.</exception>
-    public DirtyPageList Harvest()
+    public DirtyPageList Harvest() => HarvestFor(User);
+
+    private DirtyPageList HarvestFor(int consumer)
     {
         var list = s_lists.Get();
         list.Pool = s_lists;
@@ -122,14 +176,57 @@ public sealed class DirtyPageTracker
             Collect();
             foreach (var st in _slots.Values)
             {
-                list.AddBitmap(st.Slot, st.Pending);
-                Array.Clear(st.Pending);
+                list.AddBitmap(st.Slot, st.Pending[consumer]);
+                Array.Clear(st.Pending[consumer]);
             }
         }
         return list;
     }
 
-    /// <summary>Moves what KVM reports into the pending bitmaps (caller holds the lock).</summary>
+    /// <summary>
+    /// For <see cref="VirtualMachine.Restore"/>: every page written since the baseline's last harvest
+    /// (the pages that may differ from the snapshot), and starts a new baseline period. Allocates
+    /// nothing once warm.
+    /// </summary>
+    internal DirtyPageList HarvestBaseline() => HarvestFor(Baseline);
+
+    /// <summary>Starts a new baseline period: memory equals the snapshot from here (for <see cref="VirtualMachine.CreateSnapshot"/>).</summary>
+    internal void ResetBaseline()
+    {
+        lock (_lock)
+        {
+            Collect();
+            foreach (var st in _slots.Values) Array.Clear(st.Pending[Baseline]);
+        }
+    }
+
+    /// <summary>
+    /// Records that a restore copied <paramref name="pages"/> back from the baseline snapshot: a host
+    /// write for the user's <see cref="Harvest"/>, none for the baseline (memory equals it there).
+    /// </summary>
+    internal void MarkRestored(DirtyPageList pages)
+    {
+        lock (_lock)
+        {
+            for (int i = 0; i < pages.SlotCount; i++)
+            {
+                if (!_slots.TryGetValue(pages.SlotAt(i), out var st)) continue;
+                foreach (ulong p in pages.PagesAt(i)) st.Pending[User][p / 64] |= 1UL << (int)(p % 64);
+            }
+        }
+    }
+
+    /// <summary>Records that a restore rewrote all memory: every page is a host write for the user's <see cref="Harvest"/>.</summary>
+    internal void MarkAllRestored()
+    {
+        lock (_lock)
+        {
+            foreach (var st in _slots.Values)
+                if (st.Pages > 0) SetRange(st.Pending[User], 0, st.Pages - 1);
+        }
+    }
+
+    /// <summary>Moves what KVM reports into every consumer's pending bitmaps (caller holds the lock).</summary>
     private void Collect()
     {
         if (Backend == DirtyLogBackend.DirtyRing)
@@ -151,7 +248,7 @@ public sealed class DirtyPageTracker
             for (int w = 0; w < bitmap.Length; w++)
             {
                 if (bitmap[w] == 0) continue;
-                st.Pending[w] |= bitmap[w];
+                st.Report(w, bitmap[w]);
                 any = true;
             }
             if (Backend == DirtyLogBackend.ManualProtect && any)
@@ -168,7 +265,7 @@ public sealed class DirtyPageTracker
         }
     }
 
-    /// <summary>Empties every vCPU's ring into the pending bitmaps, then KVM_RESET_DIRTY_RINGS (caller holds the lock).</summary>
+    /// <summary>Empties every vCPU's ring into every consumer's pending bitmaps, then KVM_RESET_DIRTY_RINGS (caller holds the lock).</summary>
     private void CollectRings()
     {
         bool any = false;
@@ -186,7 +283,7 @@ public sealed class DirtyPageTracker
                 {
                     if (st.Slot.Slot == slotId && gfn.offset < st.Slot.Size / (ulong)VirtualMachine.PageSize)
                     {
-                        st.Pending[gfn.offset / 64] |= 1UL << (int)(gfn.offset % 64);
+                        st.Report((int)(gfn.offset / 64), 1UL << (int)(gfn.offset % 64));
                         break;
                     }
                 }

@@ -18,6 +18,7 @@ internal static partial class Libc
     internal const int MAP_PRIVATE = 0x02;
     internal const int MAP_ANONYMOUS = 0x20;
     internal const int MAP_NORESERVE = 0x4000;
+    internal const int MADV_DONTNEED = 4;
     internal const int MADV_DONTFORK = 10;
 
     [LibraryImport(Name, EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]

@@ -11,13 +11,19 @@ namespace KvmSharp.Snapshots;
 /// Immutable and thread-safe.
 /// </summary>
 /// <remarks>
-/// <para>Stream format, version 1 (all integers little-endian):</para>
+/// <para>Memory is kept in chunks of 2 MiB, and a chunk that was all zeros is not stored at all, so
+/// slots of any size work (2 GiB and more) and a large slot the guest barely touched costs next to
+/// nothing to capture, keep, save and load.</para>
+/// <para>Stream format, version 2 (all integers little-endian):</para>
 /// <code>
-/// "KVMSNAP\0"  u32 version=1  u32 architecture  u32 vcpuCount  u32 slotCount
+/// "KVMSNAP\0"  u32 version=2  u32 architecture  u32 vcpuCount  u32 slotCount
 /// vcpuCount × { i32 vcpuId  u32 setCount  setCount × { u64 setKey  u32 length  byte[length] } }
-/// slotCount × { i32 slot  u32 flags  u64 guestPhysicalAddress  u64 size  byte[size] }
+/// slotCount × { i32 slot  u32 flags  u64 guestPhysicalAddress  u64 size
+///               ⌈size / 2 MiB⌉ × { u8 kind: 0 = all zeros, nothing follows;
+///                                  1 = stored, byte[min(2 MiB, size − chunk start)] follows } }
 /// byte[32] SHA-256 of everything above
 /// </code>
+/// <para>Version 1 (never released: one array per slot, so slots under 2 GiB only) is not read.</para>
 /// <para>Register sets are stored as KVM's structs in the byte order of the machine that saved them,
 /// so a snapshot is for the same architecture (and byte order) only.</para>
 /// </remarks>
@@ -26,7 +32,9 @@ public sealed class VmSnapshot
     private static ReadOnlySpan<byte> Magic => "KVMSNAP\0"u8;
 
     /// <summary>The format version <see cref="Save"/> writes and <see cref="Load"/> reads.</summary>
-    public const int FormatVersion = 1;
+    public const int FormatVersion = 2;
+
+    private const byte ZeroChunk = 0, StoredChunk = 1;
 
     internal VmSnapshot(KvmArchitecture architecture, (int Id, RegisterState State)[] vcpus, SlotImage[] slots)
     {
@@ -54,20 +62,22 @@ public sealed class VmSnapshot
         throw new KeyNotFoundException($"The snapshot has no vCPU {vcpuId}.");
     }
 
-    /// <summary>Total bytes of guest memory captured.</summary>
+    /// <summary>Total bytes of guest memory captured (the slots' sizes; chunks that were all zeros are not stored, so this may exceed the memory the snapshot holds).</summary>
     public long MemoryBytes => Slots.Sum(s => (long)s.Size);
 
-    /// <summary>The captured bytes of guest memory at <paramref name="address"/>.</summary>
+    /// <summary>
+    /// The captured bytes of guest memory at <paramref name="address"/>: a view into the snapshot when
+    /// the range lies in one stored 2 MiB chunk, else a copy (the range crosses chunks, or lies in a
+    /// chunk that was all zeros, which the snapshot does not store).
+    /// </summary>
     /// <exception cref="ArgumentException">The range is not inside one captured slot.</exception>
     public ReadOnlySpan<byte> GetMemory(ulong address, int length)
     {
         foreach (var s in Slots)
             if (address >= s.GuestPhysicalAddress && (ulong)length <= s.Size && address - s.GuestPhysicalAddress <= s.Size - (ulong)length)
-                return s.Data.AsSpan((int)(address - s.GuestPhysicalAddress), length);
+                return s.Get(address - s.GuestPhysicalAddress, length);
         throw new ArgumentException($"Guest range 0x{address:X}+0x{length:X} is not inside one captured slot.", nameof(address));
     }
-
-    internal sealed record SlotImage(int Slot, MemorySlotFlags Flags, ulong GuestPhysicalAddress, ulong Size, byte[] Data);
 
     /// <summary>Writes the snapshot in the versioned format described on this type.</summary>
     /// <exception cref="IOException">Writing failed.</exception>
@@ -100,7 +110,11 @@ public sealed class VmSnapshot
             w.U32((uint)s.Flags);
             w.U64(s.GuestPhysicalAddress);
             w.U64(s.Size);
-            w.Write(s.Data);
+            foreach (var chunk in s.Chunks)
+            {
+                w.Byte(chunk is null ? ZeroChunk : StoredChunk);
+                if (chunk is not null) w.Write(chunk);
+            }
         }
         stream.Write(hash.GetHashAndReset());
     }
@@ -125,8 +139,8 @@ public sealed class VmSnapshot
         if (!Enum.IsDefined((KvmArchitecture)arch)) throw new InvalidDataException($"Snapshot names unknown architecture {arch}.");
         uint vcpuCount = r.U32("the vCPU count"), slotCount = r.U32("the slot count");
         if (vcpuCount > 4096 || slotCount > 65536) throw new InvalidDataException($"Snapshot header is implausible ({vcpuCount} vCPUs, {slotCount} slots): corrupted.");
-        // Each vCPU record takes at least 8 bytes, each slot record 24, and the checksum 32.
-        r.Require(8L * vcpuCount + 24L * slotCount + 32, $"{vcpuCount} vCPU and {slotCount} slot records");
+        // Each vCPU record takes at least 8 bytes, each slot record 25 (a header and one chunk), and the checksum 32.
+        r.Require(8L * vcpuCount + 25L * slotCount + 32, $"{vcpuCount} vCPU and {slotCount} slot records");
         var vcpus = new (int, RegisterState)[vcpuCount];
         for (int i = 0; i < vcpuCount; i++)
         {
@@ -149,8 +163,9 @@ public sealed class VmSnapshot
             int slot = (int)r.U32($"slot record {i}");
             var flags = (MemorySlotFlags)r.U32($"slot {slot}'s flags");
             ulong gpa = r.U64($"slot {slot}'s address"), size = r.U64($"slot {slot}'s size");
-            if (size > (ulong)Array.MaxLength) throw new InvalidDataException($"Slot {slot} claims 0x{size:X} bytes: corrupted or too large.");
-            slots[i] = new SlotImage(slot, flags, gpa, size, r.ReadArray((long)size, $"slot {slot}'s memory"));
+            if (size == 0 || size > SlotImage.MaxSize) throw new InvalidDataException($"Slot {slot} claims 0x{size:X} bytes: corrupted or too large.");
+            if (gpa + size < gpa) throw new InvalidDataException($"Slot {slot} at 0x{gpa:X} with 0x{size:X} bytes wraps the address space: corrupted.");
+            slots[i] = new SlotImage(slot, flags, gpa, size, ReadChunks(r, slot, size));
         }
         Span<byte> expected = stackalloc byte[32];
         hash.GetHashAndReset(expected);
@@ -160,6 +175,29 @@ public sealed class VmSnapshot
         return new VmSnapshot((KvmArchitecture)arch, vcpus, slots);
     }
 
+    /// <summary>
+    /// Reads a slot's chunk records. The chunk list grows only as records arrive (each takes at least
+    /// one byte of the stream), and a seekable stream too short for them all is refused up front.
+    /// </summary>
+    private static byte[]?[] ReadChunks(HashingReader r, int slot, ulong size)
+    {
+        int count = SlotImage.ChunkCount(size);
+        r.Require(count + 32L, $"slot {slot}'s {count} chunk records and the checksum");
+        var chunks = new List<byte[]?>(Math.Min(count, 1024));
+        for (int c = 0; c < count; c++)
+        {
+            string what = $"slot {slot}'s chunk {c}";
+            byte kind = r.Byte(what);
+            chunks.Add(kind switch
+            {
+                ZeroChunk => null,
+                StoredChunk => r.ReadArray(SlotImage.ChunkLength(size, c), what),
+                _ => throw new InvalidDataException($"Snapshot {what} has unknown kind {kind}: corrupted."),
+            });
+        }
+        return [.. chunks];
+    }
+
     private readonly struct HashingWriter(Stream stream, IncrementalHash hash)
     {
         public void Write(ReadOnlySpan<byte> bytes)
@@ -167,6 +205,8 @@ public sealed class VmSnapshot
             hash.AppendData(bytes);
             stream.Write(bytes);
         }
+
+        public void Byte(byte v) => Write([v]);
 
         public void U32(uint v)
         {
@@ -239,6 +279,13 @@ public sealed class VmSnapshot
             hash.AppendData(buffer);
             _offset += length;
             return buffer;
+        }
+
+        public byte Byte(string what)
+        {
+            Span<byte> b = stackalloc byte[1];
+            Read(b, what);
+            return b[0];
         }
 
         public uint U32(string what)

@@ -149,7 +149,11 @@ internal abstract unsafe class KernelModel : IKernel
         return 0;
     }
 
-    public int Madvise(nint addr, nuint length, int advice) => 0;
+    public int Madvise(nint addr, nuint length, int advice)
+    {
+        if (advice == Libc.MADV_DONTNEED) NativeMemory.Clear((void*)addr, length); // private anonymous memory reads as zeros afterwards
+        return 0;
+    }
 }
 
 internal sealed class ModelVm;
