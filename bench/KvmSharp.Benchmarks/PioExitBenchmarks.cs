@@ -5,11 +5,12 @@ namespace KvmSharp.Benchmarks;
 
 /// <summary>
 /// The cost of one PIO exit round trip (guest <c>out</c> → KVM_RUN returns → KVM_RUN again), three
-/// ways, in one run so that the ratios are meaningful:
+/// ways (and the run loop), in one run so that the ratios are meaningful:
 /// <list type="bullet">
 /// <item><see cref="RawC"/> (baseline): a gcc-compiled C loop doing all exits in one native call.</item>
 /// <item><see cref="RawPInvoke"/>: the same loop in C# over bare libc imports.</item>
 /// <item><see cref="KvmSharpLibrary"/>: <see cref="Vcpu.Run"/> and the typed exit view.</item>
+/// <item><see cref="KvmSharpRunner"/>: <see cref="VcpuRunner"/> dispatching to a device on an <see cref="Devices.IoBus"/>.</item>
 /// </list>
 /// Each invocation does <see cref="Exits"/> exits, so the reported time and allocation are per exit.
 /// </summary>
@@ -91,6 +92,48 @@ public class PioExitBenchmarks
         var exit = vcpu.Run();
         if (exit.Reason != VcpuExitReason.Io || exit.Io.Port != GuestCode.Port)
             ThrowUnexpectedExit(exit.ToString(), exit.Reason == VcpuExitReason.Io ? exit.Io.Port : 0);
+    }
+
+    // ---- KvmSharp VcpuRunner -------------------------------------------------------------------
+
+    private VcpuRunner? _runner;
+    private CountingPort? _port;
+
+    [GlobalSetup(Target = nameof(KvmSharpRunner))]
+    public void SetupKvmSharpRunner()
+    {
+        _guest = new KvmSharpGuest(GuestCode.Code);
+        _port = new CountingPort();
+        var bus = new Devices.IoBus();
+        bus.MapPorts(GuestCode.Port, 1, _port);
+        _runner = new VcpuRunner(_guest.Vcpu, bus);
+        KvmSharpRunner();
+    }
+
+    [GlobalCleanup(Target = nameof(KvmSharpRunner))]
+    public void CleanupKvmSharpRunner() => _guest?.Dispose();
+
+    /// <summary>The recommended loop: <see cref="VcpuRunner"/> dispatching each OUT to a device on the port, which stops it after <see cref="Exits"/>.</summary>
+    [Benchmark(OperationsPerInvoke = Exits, Description = "KvmSharp VcpuRunner")]
+    public void KvmSharpRunner()
+    {
+        _port!.Left = Exits;
+        var result = _runner!.Run();
+        if (result.Reason != RunStopReason.StopRequested || result.Exits != Exits)
+            throw new InvalidOperationException($"The runner stopped with {result.Reason} after {result.Exits} exits (last {result.LastExit}); expected StopRequested after {Exits}.");
+    }
+
+    /// <summary>A port device that counts the guest's writes and stops the runner at the last one.</summary>
+    private sealed class CountingPort : Devices.IIoDevice
+    {
+        public int Left;
+
+        public void Read(Devices.IoContext context, ulong offset, Span<byte> data) => data.Clear();
+
+        public void Write(Devices.IoContext context, ulong offset, ReadOnlySpan<byte> data)
+        {
+            if (--Left == 0) context.RequestStop();
+        }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

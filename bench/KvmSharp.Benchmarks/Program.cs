@@ -73,12 +73,13 @@ public static class Program
             "eager" => RegisterSyncWay.RawEager,
             "eager-kvmsharp" => RegisterSyncWay.KvmSharpEager,
             "rawc-sigmask" => RegisterSyncWay.RawCSyncRegsSignalMask,
+            "runner" => RegisterSyncWay.KvmSharpRunnerLazy,
             _ => null,
         } : null;
         int exits = 10000;
         if (way is null || args.Length > 2 || (args.Length == 2 && (!int.TryParse(args[1], out exits) || exits < 0)))
         {
-            Console.Error.WriteLine("usage: --count-ioctls rawc|lazy|eager|eager-kvmsharp [EXITS (default 10000)]");
+            Console.Error.WriteLine("usage: --count-ioctls rawc|rawc-sigmask|lazy|runner|eager|eager-kvmsharp [EXITS (default 10000)]");
             return 2;
         }
         // Setup (VM, vCPU, registers) and the first exit happen in Create; EXITS exits follow.
@@ -147,7 +148,7 @@ public static class Program
     }
 
     /// <summary>
-    /// The three ways of <see cref="PioExitBenchmarks"/>, through its own setup and benchmark methods,
+    /// The four ways of <see cref="PioExitBenchmarks"/> (raw C, raw P/Invoke, Vcpu.Run, VcpuRunner), through its own setup and benchmark methods,
     /// plus two raw C loops that ask the kernel for the work KvmSharp's configuration adds to every
     /// run: the kick signal mask (KVM_SET_SIGNAL_MASK), and that plus GPRs stored into kvm_run at
     /// each exit (KvmSharp's default <c>SyncOnExit</c>). They split the gap to raw C into kernel
@@ -158,12 +159,14 @@ public static class Program
         var raw = new PioExitBenchmarks();
         var pinvoke = new PioExitBenchmarks();
         var kvmSharp = new PioExitBenchmarks();
+        var runner = new PioExitBenchmarks();
         NativePioLoop? masked = null, maskedGprs = null;
         try
         {
             raw.SetupRawC();
             pinvoke.SetupRawPInvoke();
             kvmSharp.SetupKvmSharp();
+            runner.SetupKvmSharpRunner();
             masked = new NativePioLoop();
             masked.SetSignalMask(Vcpu.KickSignalNumber);
             maskedGprs = new NativePioLoop();
@@ -172,8 +175,8 @@ public static class Program
             var m = masked;
             var mg = maskedGprs;
             InterleavedRounds(
-                ["RawC", "RawPInvoke", "KvmSharp", "RawC+sigmask", "RawC+sigmask+gprs"],
-                [raw.RawC, pinvoke.RawPInvoke, kvmSharp.KvmSharpLibrary, () => m.Run(PioExitBenchmarks.Exits), () => mg.Run(PioExitBenchmarks.Exits)],
+                ["RawC", "RawPInvoke", "KvmSharp", "KvmSharpRunner", "RawC+sigmask", "RawC+sigmask+gprs"],
+                [raw.RawC, pinvoke.RawPInvoke, kvmSharp.KvmSharpLibrary, runner.KvmSharpRunner, () => m.Run(PioExitBenchmarks.Exits), () => mg.Run(PioExitBenchmarks.Exits)],
                 PioExitBenchmarks.Exits, rounds);
             return 0;
         }
@@ -182,6 +185,7 @@ public static class Program
             raw.CleanupRawC();
             pinvoke.CleanupRawPInvoke();
             kvmSharp.CleanupKvmSharp();
+            runner.CleanupKvmSharpRunner();
             masked?.Dispose();
             maskedGprs?.Dispose();
         }

@@ -40,6 +40,9 @@ public class RegisterSyncBenchmarks
     [GlobalSetup(Target = nameof(KvmSharpEager))]
     public void SetupKvmSharpEager() => _loop = RegisterSyncLoop.Create(RegisterSyncWay.KvmSharpEager);
 
+    [GlobalSetup(Target = nameof(KvmSharpRunnerLazy))]
+    public void SetupKvmSharpRunnerLazy() => _loop = RegisterSyncLoop.Create(RegisterSyncWay.KvmSharpRunnerLazy);
+
     [GlobalCleanup]
     public void Cleanup()
     {
@@ -52,6 +55,9 @@ public class RegisterSyncBenchmarks
 
     [Benchmark(OperationsPerInvoke = Exits, Description = "KvmSharp lazy (sync regs)")]
     public void KvmSharpLazy() => _loop!.Run(Exits);
+
+    [Benchmark(OperationsPerInvoke = Exits, Description = "KvmSharp lazy, VcpuRunner + device")]
+    public void KvmSharpRunnerLazy() => _loop!.Run(Exits);
 
     [Benchmark(OperationsPerInvoke = Exits, Description = "raw P/Invoke GET/SET_REGS")]
     public void RawEager() => _loop!.Run(Exits);

@@ -19,6 +19,8 @@ public enum RegisterSyncWay
     /// into kernel work and library work.
     /// </summary>
     RawCSyncRegsSignalMask,
+    /// <summary><see cref="KvmSharpLazy"/>'s handler in a device on an <see cref="Devices.IoBus"/>, run by <see cref="VcpuRunner"/> (the recommended loop).</summary>
+    KvmSharpRunnerLazy,
 }
 
 /// <summary>
@@ -43,6 +45,7 @@ internal abstract class RegisterSyncLoop : IDisposable
         RegisterSyncWay.KvmSharpLazy => new KvmSharpLoop<WithSyncRegs>(),
         RegisterSyncWay.RawEager => new Raw(),
         RegisterSyncWay.KvmSharpEager => new KvmSharpLoop<WithoutSyncRegs>(),
+        RegisterSyncWay.KvmSharpRunnerLazy => new RunnerLoop(),
         _ => throw new ArgumentOutOfRangeException(nameof(way)),
     };
 
@@ -192,6 +195,65 @@ internal abstract class RegisterSyncLoop : IDisposable
         private static void ThrowWrongIo(ushort port, int size, uint value, ushort? expected) =>
             throw new InvalidOperationException(
                 $"Expected a 2-byte OUT of 0x{expected:x} (the RAX written at the previous exit) to port 0x{GuestCode.Port:x}, got {size} bytes of 0x{value:x} to port 0x{port:x}.");
+
+        public override void Dispose() => _guest.Dispose();
+    }
+
+    /// <summary>
+    /// The lazy handler as a port device under <see cref="VcpuRunner"/>: each OUT reaches it with the
+    /// vCPU at the exit; it checks the value and RIP, writes RAX, and stops the runner after the batch.
+    /// </summary>
+    private sealed class RunnerLoop : RegisterSyncLoop, Devices.IIoDevice
+    {
+        private readonly KvmSharpGuest _guest;
+        private readonly VcpuRunner _runner;
+        private int _left;
+
+        public RunnerLoop()
+        {
+            _guest = new KvmSharpGuest(GuestCode.OutAxCode);
+            try
+            {
+                var cpu = _guest.Vcpu;
+                if (!cpu.X86.KernelSupportsSyncRegs)
+                    throw new NotSupportedException("This KVM lacks KVM_CAP_SYNC_REGS, which the lazy case measures.");
+                var bus = new Devices.IoBus();
+                bus.MapPorts(GuestCode.Port, 1, this);
+                _runner = new VcpuRunner(cpu, bus);
+                var exit = cpu.Run();
+                if (exit.Reason != VcpuExitReason.Io || exit.Io.Port != GuestCode.Port)
+                    throw new InvalidOperationException($"Expected a PIO exit on port 0x{GuestCode.Port:x}, got {exit.ToString()}.");
+                ExitRip = GuestCode.CheckOutAxExitRip(cpu.X86.Rip);
+                cpu.X86.Rax = ++Next; // the first exit's handling; the runner's first run goes on from it
+            }
+            catch
+            {
+                _guest.Dispose();
+                throw;
+            }
+        }
+
+        public override void Run(int exits)
+        {
+            _left = exits;
+            var result = _runner.Run();
+            if (result.Reason != RunStopReason.StopRequested || result.Exits != exits)
+                throw new InvalidOperationException($"The runner stopped with {result.Reason} after {result.Exits} exits (last {result.LastExit}); expected StopRequested after {exits}.");
+        }
+
+        public void Read(Devices.IoContext context, ulong offset, Span<byte> data) => data.Clear();
+
+        public void Write(Devices.IoContext context, ulong offset, ReadOnlySpan<byte> data)
+        {
+            // The handler under test: check what the guest wrote, read RIP, write RAX.
+            if (data.Length != 2 || System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(data) != (ushort)Next)
+                throw new InvalidOperationException($"Expected a 2-byte OUT of 0x{(ushort)Next:x}, got {data.Length} bytes.");
+            var x86 = context.Vcpu.X86;
+            ulong rip = x86.Rip;
+            if (rip != ExitRip) ThrowWrongRip(rip, ExitRip);
+            x86.Rax = ++Next;
+            if (--_left == 0) context.RequestStop();
+        }
 
         public override void Dispose() => _guest.Dispose();
     }

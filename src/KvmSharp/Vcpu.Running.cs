@@ -60,7 +60,7 @@ public sealed partial class Vcpu
             int r = core.Enter(me);
             x86.AfterRun(r, _runAddress);
             if (r < 0) return RunOwned(me, r);
-            return new VcpuExit(this, core.RunPage, KvmArchitecture.X86_64);
+            return new VcpuExit(core, core.RunPage, KvmArchitecture.X86_64);
         }
         return RunSlow();
     }
@@ -126,7 +126,7 @@ public sealed partial class Vcpu
                 }
                 entered = false;
                 if ((r < 0 || DirtyRing is not null) && !EndsRun(r)) continue;
-                return new VcpuExit(this, run, Architecture);
+                return new VcpuExit(core, run, Architecture);
             }
         }
         finally

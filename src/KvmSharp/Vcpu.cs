@@ -81,10 +81,6 @@ public sealed partial class Vcpu : IDisposable
     /// <summary>True once disposed.</summary>
     public bool IsDisposed => _core.IsDisposed;
 
-    /// <summary>Throws <see cref="ObjectDisposedException"/> once disposed (views into <c>kvm_run</c> check this).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void ThrowIfDisposed() => _core.ThrowIfDisposed();
-
     /// <summary>True while a thread is inside <see cref="Run()"/> for this vCPU.</summary>
     public bool IsRunning => (Volatile.Read(ref _core.State) & VcpuCore.RunningFlag) != 0;
 

@@ -10,9 +10,9 @@ namespace KvmSharp;
 internal readonly ref struct RunBytes
 {
     private readonly Span<byte> _bytes;
-    private readonly Vcpu _vcpu;
+    private readonly VcpuCore _vcpu; // the vCPU's core: its disposal flag is one load away
 
-    public RunBytes(Vcpu vcpu, Span<byte> bytes)
+    public RunBytes(VcpuCore vcpu, Span<byte> bytes)
     {
         _vcpu = vcpu;
         _bytes = bytes;

@@ -22,7 +22,7 @@ public readonly ref struct VcpuExit
     private readonly int _u;
     private readonly KvmArchitecture _arch;
 
-    internal VcpuExit(Vcpu vcpu, Span<byte> run, KvmArchitecture arch)
+    internal VcpuExit(VcpuCore vcpu, Span<byte> run, KvmArchitecture arch)
     {
         _run = new RunBytes(vcpu, run);
         _arch = arch;
