@@ -106,7 +106,7 @@ public class PioExitBenchmarks
         _port = new CountingPort();
         var bus = new Devices.IoBus();
         bus.MapPorts(GuestCode.Port, 1, _port);
-        _runner = new VcpuRunner(_guest.Vcpu, bus);
+        _runner = new VcpuRunner(_guest.Vcpu, bus) { UnclaimedPolicy = Devices.UnclaimedAccessPolicy.Stop };
         KvmSharpRunner();
     }
 

@@ -218,8 +218,8 @@ internal abstract class RegisterSyncLoop : IDisposable
                 if (!cpu.X86.KernelSupportsSyncRegs)
                     throw new NotSupportedException("This KVM lacks KVM_CAP_SYNC_REGS, which the lazy case measures.");
                 var bus = new Devices.IoBus();
-                bus.MapPorts(GuestCode.Port, 1, this);
-                _runner = new VcpuRunner(cpu, bus);
+                bus.MapPorts(GuestCode.Port, 2, this); // the guest writes AX: two ports (a range the access straddles does not claim it)
+                _runner = new VcpuRunner(cpu, bus) { UnclaimedPolicy = Devices.UnclaimedAccessPolicy.Stop }; // a miss fails the batch instead of spinning
                 var exit = cpu.Run();
                 if (exit.Reason != VcpuExitReason.Io || exit.Io.Port != GuestCode.Port)
                     throw new InvalidOperationException($"Expected a PIO exit on port 0x{GuestCode.Port:x}, got {exit.ToString()}.");

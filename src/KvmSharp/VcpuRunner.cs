@@ -119,8 +119,8 @@ public sealed class VcpuRunner
             {
                 case VcpuExitReason.Io:
                 {
-                    var io = exit.Io;
-                    if (!Dispatch(isPort: true, io.Port, io.Size, io.Count, io.IsOut, io.Data)) return Unclaimed(exit.Reason, io.Port, exits);
+                    var data = exit.Io.Decode(out ushort port, out int size, out int count, out bool isOut);
+                    if (!Dispatch(isPort: true, port, size, count, isOut, data)) return Unclaimed(VcpuExitReason.Io, port, exits);
                     break;
                 }
                 case VcpuExitReason.Mmio:

@@ -78,5 +78,19 @@ public readonly ref struct IoExit
         }
     }
 
+    /// <summary>
+    /// The whole <c>kvm_run.io</c> and its data in one disposal check (for <see cref="VcpuRunner"/>'s
+    /// dispatch, which needs every field of every I/O exit).
+    /// </summary>
+    internal Span<byte> Decode(out ushort port, out int size, out int count, out bool isOut)
+    {
+        ref var io = ref Fields;
+        port = io.port;
+        size = io.size;
+        count = (int)io.count;
+        isOut = io.direction == kvm_run_io.KVM_EXIT_IO_OUT;
+        return Data;
+    }
+
     private ref kvm_run_io Fields => ref _run.Union<kvm_run_io>(_u).As<kvm_run_io>();
 }
