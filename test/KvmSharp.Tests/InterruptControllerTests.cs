@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
 using KvmSharp.Tests.Guests;
@@ -26,7 +27,7 @@ public class InterruptControllerTests : KvmTestBase
     }
 
     [Test]
-    public void CreateIrqChip_Twice_IsRefused()
+    public void CreateIrqChip_Twice_IsRefused_AndAVcpuCreatedAfterItHasALocalApic()
     {
         using var vm = Kvm.CreateVirtualMachine();
         vm.CreateIrqChip();
@@ -35,6 +36,12 @@ public class InterruptControllerTests : KvmTestBase
         var ex = Assert.Throws<InvalidOperationException>(vm.CreateIrqChip);
         Assert.That(ex!.Message, Does.Contain("already"));
         Assert.That(vm.Kernel.Ioctl(vm.Fd, KvmIoctls.KVM_CREATE_IRQCHIP, 0), Is.EqualTo(-Errno.EEXIST), "KVM's own answer");
+
+        using var cpu = vm.CreateVcpu(1);
+        byte[] lapic = cpu.GetLapicState();
+        Assert.That(lapic, Has.Length.EqualTo(1024));
+        Assert.That(BinaryPrimitives.ReadUInt32LittleEndian(lapic.AsSpan(0x20)) >> 24, Is.EqualTo(1u), "APIC ID register = vCPU id (xAPIC format)");
+        Assert.That(BinaryPrimitives.ReadUInt32LittleEndian(lapic.AsSpan(0x30)) & 0xFF, Is.EqualTo(0x14u), "APIC version register: an integrated APIC (0x14)");
     }
 
     [Test]
@@ -52,6 +59,7 @@ public class InterruptControllerTests : KvmTestBase
         Assert.That(ex!.Message, Does.Contain("already"));
         var config = default(kvm_pit_config);
         Assert.That(vm.Kernel.Ioctl(vm.Fd, KvmIoctls.X86.KVM_CREATE_PIT2, ref config), Is.EqualTo(-Errno.EEXIST), "KVM's own answer");
+        Assert.That(vm.GetPitState(), Has.Length.EqualTo(112), "KVM_GET_PIT2 answers once the PIT exists");
 
         using var bare = Kvm.CreateVirtualMachine();
         int r = bare.Kernel.Ioctl(bare.Fd, KvmIoctls.X86.KVM_CREATE_PIT2, ref config);
@@ -64,8 +72,11 @@ public class InterruptControllerTests : KvmTestBase
     {
         using var vm = Kvm.CreateVirtualMachine();
         Assert.Throws<InvalidOperationException>(() => vm.SetIrqLine(4, true));
+        Assert.Throws<InvalidOperationException>(() => vm.GetIrqChipState(kvm_irqchip.KVM_IRQCHIP_PIC_MASTER));
+        Assert.Throws<InvalidOperationException>(() => vm.GetPitState());
         vm.CreateIrqChip();
         Assert.Throws<ArgumentOutOfRangeException>(() => vm.SetIrqLine(-1, true));
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.GetIrqChipState(3));
         vm.SetIrqLine(4, true);
         vm.SetIrqLine(4, false);
     }
@@ -76,6 +87,8 @@ public class InterruptControllerTests : KvmTestBase
         using var g = TickGuest(Kvm);
         for (uint tick = 1; tick <= 3; tick++)
             Assert.That(NextOut(g), Is.EqualTo((TickPort, tick)), "every exit is the handler's report: the guest's HLTs and PIC/PIT port writes stay inside KVM");
+        var pic = g.Vm.GetIrqChipState(kvm_irqchip.KVM_IRQCHIP_PIC_MASTER);
+        Assert.That((pic[8 + 2], pic[8 + 5]), Is.EqualTo(((byte)0xFE, (byte)MasterBase)), "KVM's PIC holds the guest's mask (imr) and vector base (irq_base)");
     }
 
     [Test]
