@@ -7,7 +7,7 @@ namespace KvmSharp;
 #pragma warning disable CA1707 // names keep the kernel's spelling after the prefix
 public enum KvmCapability
 {
-    /// <summary>KVM_CAP_IRQCHIP: an in-kernel interrupt controller.</summary>
+    /// <summary>KVM_CAP_IRQCHIP: an in-kernel interrupt controller (<c>KVM_CREATE_IRQCHIP</c>, <c>KVM_IRQ_LINE</c>, <c>KVM_GET/SET_IRQCHIP</c>).</summary>
     IrqChip = 0,
     /// <summary>KVM_CAP_HLT.</summary>
     Hlt = 1,
@@ -31,8 +31,10 @@ public enum KvmCapability
     SetGuestDebug = 23,
     /// <summary>KVM_CAP_IRQFD.</summary>
     IrqFd = 32,
-    /// <summary>KVM_CAP_PIT2.</summary>
+    /// <summary>KVM_CAP_PIT2 (x86): <c>KVM_CREATE_PIT2</c>.</summary>
     Pit2 = 33,
+    /// <summary>KVM_CAP_PIT_STATE2 (x86): <c>KVM_GET/SET_PIT2</c>.</summary>
+    PitState2 = 35,
     /// <summary>KVM_CAP_IOEVENTFD.</summary>
     IoEventFd = 36,
     /// <summary>KVM_CAP_SET_IDENTITY_MAP_ADDR (x86).</summary>

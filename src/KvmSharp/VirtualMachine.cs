@@ -19,6 +19,7 @@ public sealed partial class VirtualMachine : IDisposable
     private readonly List<Vcpu> _vcpus = [];
     private readonly int _maxSlots;
     private int _readOnlyMem = -1;
+    private int _vcpusCreated; // ever, disposed ones included: KVM keeps a vCPU until the VM goes
 
     internal VirtualMachine(Kvm kvm, KvmFdHandle fd)
     {
@@ -137,6 +138,7 @@ public sealed partial class VirtualMachine : IDisposable
                 throw new ArgumentException($"vCPU {vcpuId} exists already in this VM.", nameof(id));
             int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_CREATE_VCPU, vcpuId);
             if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_CREATE_VCPU, r, $"vcpu id {vcpuId}");
+            _vcpusCreated++; // KVM counts it from here, whatever happens to the fd below
             var fd = new KvmFdHandle(Kernel, r);
             var run = MappedMemoryHandle.Map(Kernel, (ulong)VcpuMmapSize, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, r, 0, out int err);
             if (run is null)
@@ -179,18 +181,6 @@ public sealed partial class VirtualMachine : IDisposable
             _baseline = null;
         }
         if (vcpu.DirtyRing is { } ring) DirtyTracker?.RemoveRing(ring);
-    }
-
-    /// <summary>
-    /// Creates the in-kernel interrupt controller (x86: PIC, IOAPIC and a local APIC per vCPU; call it
-    /// before creating vCPUs). With it, HLT waits in the kernel instead of exiting. Wraps
-    /// KVM_CREATE_IRQCHIP; needs KVM_CAP_IRQCHIP.
-    /// </summary>
-    /// <exception cref="KvmException">The ioctl failed (e.g. EEXIST when called twice).</exception>
-    public void CreateIrqChip()
-    {
-        int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_CREATE_IRQCHIP, 0);
-        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_CREATE_IRQCHIP, r);
     }
 
     /// <summary>

@@ -47,6 +47,9 @@ internal static partial class KvmIoctls
         public static readonly KvmIoctl KVM_GET_SUPPORTED_CPUID = KvmIoctl.IOWR<kvm_cpuid2>(nameof(KVM_GET_SUPPORTED_CPUID), 0x05);
         public static readonly KvmIoctl KVM_SET_TSS_ADDR = KvmIoctl.IO(nameof(KVM_SET_TSS_ADDR), 0x47);
         public static readonly KvmIoctl KVM_SET_IDENTITY_MAP_ADDR = KvmIoctl.IOC(nameof(KVM_SET_IDENTITY_MAP_ADDR), read: false, write: true, 0x48, sizeof(ulong));
+        public static readonly KvmIoctl KVM_GET_IRQCHIP = KvmIoctl.IOWR<kvm_irqchip>(nameof(KVM_GET_IRQCHIP), 0x62);
+        public static readonly KvmIoctl KVM_SET_IRQCHIP = KvmIoctl.IOR<kvm_irqchip>(nameof(KVM_SET_IRQCHIP), 0x63); // _IOR, as the header has it
+        public static readonly KvmIoctl KVM_CREATE_PIT2 = KvmIoctl.IOW<kvm_pit_config>(nameof(KVM_CREATE_PIT2), 0x77);
         public static readonly KvmIoctl KVM_SET_CLOCK = KvmIoctl.IOW<kvm_clock_data>(nameof(KVM_SET_CLOCK), 0x7B);
         public static readonly KvmIoctl KVM_GET_CLOCK = KvmIoctl.IOR<kvm_clock_data>(nameof(KVM_GET_CLOCK), 0x7C);
         public static readonly KvmIoctl KVM_GET_REGS = KvmIoctl.IOR<kvm_regs>(nameof(KVM_GET_REGS), 0x81);
@@ -65,6 +68,8 @@ internal static partial class KvmIoctls
         public static readonly KvmIoctl KVM_SET_GUEST_DEBUG = KvmIoctl.IOW<kvm_guest_debug>(nameof(KVM_SET_GUEST_DEBUG), 0x9B);
         public static readonly KvmIoctl KVM_GET_VCPU_EVENTS = KvmIoctl.IOR<kvm_vcpu_events>(nameof(KVM_GET_VCPU_EVENTS), 0x9F);
         public static readonly KvmIoctl KVM_SET_VCPU_EVENTS = KvmIoctl.IOW<kvm_vcpu_events>(nameof(KVM_SET_VCPU_EVENTS), 0xA0);
+        public static readonly KvmIoctl KVM_GET_PIT2 = KvmIoctl.IOR<kvm_pit_state2>(nameof(KVM_GET_PIT2), 0x9F);
+        public static readonly KvmIoctl KVM_SET_PIT2 = KvmIoctl.IOW<kvm_pit_state2>(nameof(KVM_SET_PIT2), 0xA0);
         public static readonly KvmIoctl KVM_GET_DEBUGREGS = KvmIoctl.IOR<kvm_debugregs>(nameof(KVM_GET_DEBUGREGS), 0xA1);
         public static readonly KvmIoctl KVM_SET_DEBUGREGS = KvmIoctl.IOW<kvm_debugregs>(nameof(KVM_SET_DEBUGREGS), 0xA2);
         public static readonly KvmIoctl KVM_SET_TSC_KHZ = KvmIoctl.IO(nameof(KVM_SET_TSC_KHZ), 0xA2);

@@ -198,6 +198,7 @@ internal unsafe struct kvm_xcrs
 [Uapi("kvm_lapic_state"), StructLayout(LayoutKind.Explicit, Size = 1024)]
 internal unsafe struct kvm_lapic_state
 {
+    public const int KVM_APIC_REG_SIZE = 0x400;
     [FieldOffset(0)] public fixed byte regs[1024];
 }
 
@@ -276,10 +277,103 @@ internal struct kvm_guest_debug
 [Uapi("kvm_clock_data"), StructLayout(LayoutKind.Explicit, Size = 48)]
 internal unsafe struct kvm_clock_data
 {
+    /// <summary>KVM_GET_CLOCK: the value is the one every vCPU sees (a stable host TSC, the master clock).</summary>
+    public const uint KVM_CLOCK_TSC_STABLE = 2;
+    /// <summary>KVM_GET_CLOCK: <c>realtime</c> is filled; KVM_SET_CLOCK: advance the clock by the realtime elapsed since then.</summary>
+    public const uint KVM_CLOCK_REALTIME = 1 << 2;
+    /// <summary>KVM_GET_CLOCK: <c>host_tsc</c> is filled.</summary>
+    public const uint KVM_CLOCK_HOST_TSC = 1 << 3;
     [FieldOffset(0)] public ulong clock;
     [FieldOffset(8)] public uint flags;
     [FieldOffset(12)] public uint pad0;
     [FieldOffset(16)] public ulong realtime;
     [FieldOffset(24)] public ulong host_tsc;
     [FieldOffset(32)] public fixed uint pad[4];
+}
+
+// The in-kernel interrupt controller and PIT (KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2). kvm_irqchip and
+// kvm_pit_config are declared in <linux/kvm.h> for every architecture, but only x86 has the chips
+// their unions hold and the ioctls that take them.
+
+[Uapi("kvm_pic_state"), StructLayout(LayoutKind.Explicit, Size = 16)]
+internal struct kvm_pic_state
+{
+    [FieldOffset(0)] public byte last_irr;
+    [FieldOffset(1)] public byte irr;
+    [FieldOffset(2)] public byte imr;
+    [FieldOffset(3)] public byte isr;
+    [FieldOffset(4)] public byte priority_add;
+    [FieldOffset(5)] public byte irq_base;
+    [FieldOffset(6)] public byte read_reg_select;
+    [FieldOffset(7)] public byte poll;
+    [FieldOffset(8)] public byte special_mask;
+    [FieldOffset(9)] public byte init_state;
+    [FieldOffset(10)] public byte auto_eoi;
+    [FieldOffset(11)] public byte rotate_on_auto_eoi;
+    [FieldOffset(12)] public byte special_fully_nested_mode;
+    [FieldOffset(13)] public byte init4;
+    [FieldOffset(14)] public byte elcr;
+    [FieldOffset(15)] public byte elcr_mask;
+}
+
+/// <summary>The IOAPIC; each redirection-table entry is kept as its 64 raw bits (the union's <c>bits</c>).</summary>
+[Uapi("kvm_ioapic_state"), StructLayout(LayoutKind.Explicit, Size = 216)]
+internal unsafe struct kvm_ioapic_state
+{
+    public const int KVM_IOAPIC_NUM_PINS = 24;
+    [FieldOffset(0)] public ulong base_address;
+    [FieldOffset(8)] public uint ioregsel;
+    [FieldOffset(12)] public uint id;
+    [FieldOffset(16)] public uint irr;
+    [FieldOffset(20)] public uint pad;
+    [FieldOffset(24)] public fixed ulong redirtbl[24];
+}
+
+[Uapi("kvm_irqchip"), StructLayout(LayoutKind.Explicit, Size = 520)]
+internal unsafe struct kvm_irqchip
+{
+    public const uint KVM_IRQCHIP_PIC_MASTER = 0, KVM_IRQCHIP_PIC_SLAVE = 1, KVM_IRQCHIP_IOAPIC = 2;
+    [FieldOffset(0)] public uint chip_id;
+    [FieldOffset(4)] public uint pad;
+    [FieldOffset(8), UapiField("chip.dummy")] public fixed byte dummy[512];
+    [FieldOffset(8), UapiField("chip.pic")] public kvm_pic_state pic;
+    [FieldOffset(8), UapiField("chip.ioapic")] public kvm_ioapic_state ioapic;
+}
+
+[Uapi("kvm_pit_config"), StructLayout(LayoutKind.Explicit, Size = 64)]
+internal unsafe struct kvm_pit_config
+{
+    public const uint KVM_PIT_SPEAKER_DUMMY = 1;
+    [FieldOffset(0)] public uint flags;
+    [FieldOffset(4)] public fixed uint pad[15];
+}
+
+[Uapi("kvm_pit_channel_state"), StructLayout(LayoutKind.Explicit, Size = 24)]
+internal struct kvm_pit_channel_state
+{
+    [FieldOffset(0)] public uint count;
+    [FieldOffset(4)] public ushort latched_count;
+    [FieldOffset(6)] public byte count_latched;
+    [FieldOffset(7)] public byte status_latched;
+    [FieldOffset(8)] public byte status;
+    [FieldOffset(9)] public byte read_state;
+    [FieldOffset(10)] public byte write_state;
+    [FieldOffset(11)] public byte write_latch;
+    [FieldOffset(12)] public byte rw_mode;
+    [FieldOffset(13)] public byte mode;
+    [FieldOffset(14)] public byte bcd;
+    [FieldOffset(15)] public byte gate;
+    [FieldOffset(16)] public long count_load_time;
+}
+
+/// <summary>The PIT's three channels (C# has no fixed buffers of structs: one field each) and its flags.</summary>
+[Uapi("kvm_pit_state2"), StructLayout(LayoutKind.Explicit, Size = 112)]
+internal unsafe struct kvm_pit_state2
+{
+    public const uint KVM_PIT_FLAGS_HPET_LEGACY = 1, KVM_PIT_FLAGS_SPEAKER_DATA_ON = 2;
+    [FieldOffset(0), UapiField("channels[0]")] public kvm_pit_channel_state channel0;
+    [FieldOffset(24), UapiField("channels[1]")] public kvm_pit_channel_state channel1;
+    [FieldOffset(48), UapiField("channels[2]")] public kvm_pit_channel_state channel2;
+    [FieldOffset(72)] public uint flags;
+    [FieldOffset(76)] public fixed uint reserved[9];
 }

@@ -37,13 +37,14 @@ public sealed class TestGuest : IDisposable
         }
     }
 
-    private TestGuest(Kvm kvm)
+    private TestGuest(Kvm kvm, Action<VirtualMachine>? beforeVcpu = null)
     {
         Vm = kvm.CreateVirtualMachine();
         Live[this] = 0;
         try
         {
             Ram = Vm.AddMemorySlot(0, RamSize);
+            beforeVcpu?.Invoke(Vm);
             Cpu = Vm.CreateVcpu();
         }
         catch
@@ -54,10 +55,13 @@ public sealed class TestGuest : IDisposable
         }
     }
 
-    /// <summary>A long-mode guest running <paramref name="code"/> at <see cref="CodeAddress"/>.</summary>
-    public static TestGuest LongMode(Kvm kvm, Action<Assembler> code, X86LongModeOptions? options = null)
+    /// <summary>
+    /// A long-mode guest running <paramref name="code"/> at <see cref="CodeAddress"/>;
+    /// <paramref name="beforeVcpu"/> sets up the VM before its vCPU exists (e.g. an in-kernel irqchip).
+    /// </summary>
+    public static TestGuest LongMode(Kvm kvm, Action<Assembler> code, X86LongModeOptions? options = null, Action<VirtualMachine>? beforeVcpu = null)
     {
-        var g = new TestGuest(kvm);
+        var g = new TestGuest(kvm, beforeVcpu);
         try
         {
             g.Load(code);
