@@ -13,7 +13,10 @@ public sealed partial class VirtualMachine
 
     /// <summary>
     /// Captures every vCPU's registers (level Full) and all guest memory, of slots of any size (in
-    /// 2 MiB chunks; chunks that are all zeros are not stored). Turns dirty tracking on if
+    /// 2 MiB chunks; chunks that are all zeros are not stored), and — on x86 with an in-kernel
+    /// interrupt controller (<see cref="CreateIrqChip"/>) — the in-kernel devices: the KVM clock, both
+    /// PICs, the IOAPIC, the PIT (<see cref="CreatePit"/>) and each vCPU's local APIC, so that
+    /// programmed and pending interrupts and timers come back with <see cref="Restore"/>. Turns dirty tracking on if
     /// it is off (so that <see cref="Restore"/> can copy back only what changed) and makes this
     /// snapshot the baseline that tracking measures from (the baseline's own record: what
     /// <see cref="DirtyPageTracker.Harvest"/> reports is unaffected).
@@ -40,9 +43,11 @@ public sealed partial class VirtualMachine
     {
         // Registers first: saving completes a pending I/O or MMIO access, which may write memory.
         var vcpus = _vcpus.OrderBy(v => v.Id).Select(v => (v.Id, v.Registers.SaveState())).ToArray();
+        // Then the in-kernel devices (the register save completed any pending access first).
+        var devices = _irqChip ? CaptureDeviceState() : null;
         tracker.ResetBaseline(); // memory == snapshot from here (the user's Harvest keeps its pages)
         var slots = _slots.OrderBy(s => s.Slot).Select(SlotImage.Capture).ToArray();
-        var snapshot = new VmSnapshot(Architecture, vcpus, slots);
+        var snapshot = new VmSnapshot(Architecture, vcpus, slots, devices);
         _baseline = snapshot;
         _baselineSlots = MatchSlots(snapshot);
         _baselineVcpus = MatchVcpus(snapshot);
@@ -50,8 +55,9 @@ public sealed partial class VirtualMachine
     }
 
     /// <summary>
-    /// Puts the VM back into the state of <paramref name="snapshot"/>: memory, then every vCPU's
-    /// registers at level Full. When the VM's memory last matched this snapshot (it was created here,
+    /// Puts the VM back into the state of <paramref name="snapshot"/>: the in-kernel devices if it has
+    /// them (clock, PICs, IOAPIC, PIT, local APICs — before the registers, as KVM needs), every vCPU's
+    /// registers at level Full, then memory. When the VM's memory last matched this snapshot (it was created here,
     /// or restored last), only the pages written since — by the guest, or through the slot write
     /// methods — are copied back, so the cost follows the dirty pages, not the RAM size. Otherwise all
     /// memory is copied once (memory the snapshot holds no bytes for, because it was all zeros, is
@@ -64,7 +70,8 @@ public sealed partial class VirtualMachine
     /// restored count as host writes for the next <see cref="DirtyPageTracker.Harvest"/> (all pages
     /// when all memory was copied).
     /// </remarks>
-    /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots or vCPUs do not match this VM's (named).</exception>
+    /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots, vCPUs or
+    /// in-kernel devices (irqchip, PIT) do not match this VM's (named). Nothing is changed.</exception>
     /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
     public void Restore(VmSnapshot snapshot)
@@ -91,7 +98,18 @@ public sealed partial class VirtualMachine
         bool incremental = ReferenceEquals(_baseline, snapshot);
         var slots = incremental ? _baselineSlots! : MatchSlots(snapshot);
         var vcpus = incremental ? _baselineVcpus! : MatchVcpus(snapshot);
-        // Registers first: restoring completes a pending I/O or MMIO access, whose memory writes
+        if (snapshot.Devices is { } devices)
+        {
+            // Devices before registers: KVM must get each vCPU's events and MP state after its local
+            // APIC (QEMU's order). RestoreDeviceState checks the devices match before writing any.
+            RestoreDeviceState(devices);
+        }
+        else if (_irqChip)
+        {
+            throw new ArgumentException(
+                "This VM has an in-kernel interrupt controller, but the snapshot holds no device state (it was taken from a VM without one); restoring it would leave the PICs, IOAPIC, PIT and local APICs as they are.", nameof(snapshot));
+        }
+        // Registers next: restoring completes a pending I/O or MMIO access, whose memory writes
         // are then among the dirty pages copied back below.
         foreach (var (vcpu, state) in vcpus)
             vcpu.Registers.RestoreState(state);

@@ -39,20 +39,6 @@ public class InterruptStateTests : KvmTestBase
         g.Cpu.Registers.RestoreState(saved.Registers);
     }
 
-    /// <summary>The OUTs up to and including the one on <paramref name="last"/>.</summary>
-    private static List<(byte Port, uint Value)> OutsUntil(TestGuest g, byte last, int max = 10)
-    {
-        var outs = new List<(byte, uint)>();
-        for (int i = 0; i < max; i++)
-        {
-            var o = NextOut(g);
-            outs.Add(o);
-            if (o.Port == last) return outs;
-        }
-        Assert.Fail($"No OUT to 0x{last:X} among the first {max}: {string.Join(", ", outs)}");
-        return outs;
-    }
-
     [TestCase(Breakage.MaskPic)]
     [TestCase(Breakage.StopPit)]
     public void Restore_BringsBackThePicAndPitState_SoTheTicksResume(Breakage breakage)
@@ -84,21 +70,7 @@ public class InterruptStateTests : KvmTestBase
     [Test]
     public void APendingTimerInterrupt_IsDeliveredAfterTheRestore_AndTheGuestContinuesIdentically()
     {
-        using var g = TickGuest(Kvm, beforeSti: a =>
-        {
-            // Interrupts are off: wait until a tick is pending in the master PIC (OCW3: read IRR).
-            var wait = TestGuest.Here(a);
-            Out(a, 0x20, 0x0A);
-            a.@in(al, 0x20);
-            a.test(al, 1);
-            a.jz(wait);
-            a.@out(PendingPort, al);
-        }, breakAt: 3, onBreak: a =>
-        {
-            Out(a, 0x21, 0xFF);
-            StopPit(a);
-            Out(a, BrokePort, 1);
-        });
+        using var g = PendingTickGuest(Kvm);
 
         var pending = NextOut(g);
         Assert.That(pending.Port, Is.EqualTo(PendingPort));

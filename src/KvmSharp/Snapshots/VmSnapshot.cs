@@ -6,7 +6,8 @@ namespace KvmSharp.Snapshots;
 
 /// <summary>
 /// A VM's complete state at one moment: every vCPU's registers (level Full, MP state and events
-/// included) and the contents of every memory slot. Created by <see cref="VirtualMachine.CreateSnapshot"/>,
+/// included), the contents of every memory slot, and — on x86 with an in-kernel interrupt
+/// controller — the in-kernel devices (KVM clock, PICs, IOAPIC, PIT, local APICs). Created by <see cref="VirtualMachine.CreateSnapshot"/>,
 /// applied by <see cref="VirtualMachine.Restore"/>; can be saved to and loaded from a stream.
 /// Immutable and thread-safe.
 /// </summary>
@@ -21,9 +22,14 @@ namespace KvmSharp.Snapshots;
 /// slotCount × { i32 slot  u32 flags  u64 guestPhysicalAddress  u64 size
 ///               ⌈size / 2 MiB⌉ × { u8 kind: 0 = all zeros, nothing follows;
 ///                                  1 = stored, byte[min(2 MiB, size − chunk start)] follows } }
+/// u8 devices: 0 = none; 1 = x86 in-kernel devices follow:
+///   blob clock  blob? picMaster  blob? picSlave  blob? ioApic  blob? pit
+///   u32 lapicCount  lapicCount × { i32 vcpuId  u64 apicBase  blob registers  u8 hasDeadline  [u64 tscDeadline] }
+///   (blob = u32 length + byte[length]; blob? may have length 0xFFFFFFFF: absent; each at most 64 KiB)
 /// byte[32] SHA-256 of everything above
 /// </code>
-/// <para>Version 1 (never released: one array per slot, so slots under 2 GiB only) is not read.</para>
+/// <para>Version 1 (never released: one array per slot, so slots under 2 GiB only) is not read.
+/// Version 2 gained the device section before any release, so it has no version of its own.</para>
 /// <para>Register sets are stored as KVM's structs in the byte order of the machine that saved them,
 /// so a snapshot is for the same architecture (and byte order) only.</para>
 /// </remarks>
@@ -36,11 +42,12 @@ public sealed class VmSnapshot
 
     private const byte ZeroChunk = 0, StoredChunk = 1;
 
-    internal VmSnapshot(KvmArchitecture architecture, (int Id, RegisterState State)[] vcpus, SlotImage[] slots)
+    internal VmSnapshot(KvmArchitecture architecture, (int Id, RegisterState State)[] vcpus, SlotImage[] slots, X86DeviceState? devices = null)
     {
         Architecture = architecture;
         VcpuStates = vcpus;
         Slots = slots;
+        Devices = devices;
     }
 
     /// <summary>The architecture the snapshot belongs to.</summary>
@@ -49,6 +56,16 @@ public sealed class VmSnapshot
     internal (int Id, RegisterState State)[] VcpuStates { get; }
 
     internal SlotImage[] Slots { get; }
+
+    /// <summary>The in-kernel devices (x86 with an irqchip), or null.</summary>
+    internal X86DeviceState? Devices { get; }
+
+    /// <summary>
+    /// Whether the snapshot holds in-kernel device state: the KVM clock, the PICs, the IOAPIC, the PIT
+    /// and the local APICs of an x86 VM with an in-kernel interrupt controller
+    /// (<see cref="VirtualMachine.CreateIrqChip"/>). It restores only into a VM with the same devices.
+    /// </summary>
+    public bool HasDeviceState => Devices is not null;
 
     /// <summary>The vCPU ids captured, in order.</summary>
     public IEnumerable<int> VcpuIds => VcpuStates.Select(v => v.Id);
@@ -116,6 +133,7 @@ public sealed class VmSnapshot
                 if (chunk is not null) w.Write(chunk);
             }
         }
+        WriteDevices(w, Devices);
         stream.Write(hash.GetHashAndReset());
     }
 
@@ -167,12 +185,83 @@ public sealed class VmSnapshot
             if (gpa + size < gpa) throw new InvalidDataException($"Slot {slot} at 0x{gpa:X} with 0x{size:X} bytes wraps the address space: corrupted.");
             slots[i] = new SlotImage(slot, flags, gpa, size, ReadChunks(r, slot, size));
         }
+        var devices = ReadDevices(r, vcpuCount);
         Span<byte> expected = stackalloc byte[32];
         hash.GetHashAndReset(expected);
         Span<byte> stored = stackalloc byte[32];
         r.ReadRaw(stored, "the checksum");
         if (!expected.SequenceEqual(stored)) throw new InvalidDataException("Snapshot checksum mismatch: the data is corrupted.");
-        return new VmSnapshot((KvmArchitecture)arch, vcpus, slots);
+        if (devices is not null && (KvmArchitecture)arch != KvmArchitecture.X86_64)
+            throw new InvalidDataException($"Snapshot of {(KvmArchitecture)arch} holds x86 device state: corrupted.");
+        return new VmSnapshot((KvmArchitecture)arch, vcpus, slots, devices);
+    }
+
+    private const uint AbsentBlob = uint.MaxValue;
+    private const int MaxDeviceBlob = 1 << 16; // every KVM device struct is far smaller (a local APIC page is 1 KiB)
+
+    /// <summary>The device section: u8 present, then the blobs of <see cref="X86DeviceState"/> (see the class remarks).</summary>
+    private static void WriteDevices(HashingWriter w, X86DeviceState? devices)
+    {
+        w.Byte(devices is null ? (byte)0 : (byte)1);
+        if (devices is null) return;
+        Blob(w, devices.Clock);
+        Blob(w, devices.PicMaster);
+        Blob(w, devices.PicSlave);
+        Blob(w, devices.IoApic);
+        Blob(w, devices.Pit);
+        w.U32((uint)devices.Lapics.Count);
+        foreach (var lapic in devices.Lapics)
+        {
+            w.U32((uint)lapic.VcpuId);
+            w.U64(lapic.ApicBase);
+            Blob(w, lapic.Registers);
+            w.Byte(lapic.TscDeadline is null ? (byte)0 : (byte)1);
+            if (lapic.TscDeadline is { } deadline) w.U64(deadline);
+        }
+
+        static void Blob(HashingWriter w, byte[]? bytes)
+        {
+            w.U32(bytes is null ? AbsentBlob : (uint)bytes.Length);
+            if (bytes is not null) w.Write(bytes);
+        }
+    }
+
+    private static X86DeviceState? ReadDevices(HashingReader r, uint vcpuCount)
+    {
+        byte present = r.Byte("the device section");
+        if (present == 0) return null;
+        if (present != 1) throw new InvalidDataException($"Snapshot device section has unknown kind {present}: corrupted.");
+        var clock = Blob(r, "the KVM clock") ?? throw new InvalidDataException("Snapshot device section lacks the KVM clock: corrupted.");
+        var master = Blob(r, "the master PIC");
+        var slave = Blob(r, "the slave PIC");
+        var ioApic = Blob(r, "the IOAPIC");
+        var pit = Blob(r, "the PIT");
+        uint count = r.U32("the local APIC count");
+        if (count > vcpuCount) throw new InvalidDataException($"Snapshot holds {count} local APICs for {vcpuCount} vCPUs: corrupted.");
+        var lapics = new List<X86DeviceState.Lapic>((int)count);
+        for (int i = 0; i < count; i++)
+        {
+            int id = (int)r.U32($"local APIC {i}'s vCPU id");
+            ulong apicBase = r.U64($"vCPU {id}'s APIC base");
+            var registers = Blob(r, $"vCPU {id}'s local APIC") ?? throw new InvalidDataException($"Snapshot lacks vCPU {id}'s local APIC page: corrupted.");
+            byte hasDeadline = r.Byte($"vCPU {id}'s TSC deadline flag");
+            ulong? deadline = hasDeadline switch
+            {
+                0 => null,
+                1 => r.U64($"vCPU {id}'s TSC deadline"),
+                _ => throw new InvalidDataException($"Snapshot vCPU {id}'s TSC deadline flag is {hasDeadline}: corrupted."),
+            };
+            lapics.Add(new X86DeviceState.Lapic(id, apicBase, registers, deadline));
+        }
+        return new X86DeviceState(clock, master, slave, ioApic, pit, lapics);
+
+        static byte[]? Blob(HashingReader r, string what)
+        {
+            uint length = r.U32($"{what}'s length");
+            if (length == AbsentBlob) return null;
+            if (length > MaxDeviceBlob) throw new InvalidDataException($"Snapshot {what} claims {length} bytes: corrupted.");
+            return r.ReadArray(length, what);
+        }
     }
 
     /// <summary>

@@ -190,4 +190,39 @@ internal static class InterruptGuest
                 $"{why}: expected no interrupt (at most {maxTicks} straggling tick(s)), got {exit.ToString()} after {ticks} tick(s)");
         }
     }
+
+    /// <summary>
+    /// A tick guest whose IRQ0 is pending at its first exit (an OUT to <see cref="PendingPort"/>, with
+    /// interrupts still off); it then takes three ticks, masks IRQ0 in the PIC, stops the PIT and
+    /// reports on <see cref="BrokePort"/>.
+    /// </summary>
+    public static TestGuest PendingTickGuest(Kvm kvm) => TickGuest(kvm, beforeSti: a =>
+    {
+        // Interrupts are off: wait until a tick is pending in the master PIC (OCW3: read IRR).
+        var wait = TestGuest.Here(a);
+        Out(a, 0x20, 0x0A);
+        a.@in(al, 0x20);
+        a.test(al, 1);
+        a.jz(wait);
+        a.@out(PendingPort, al);
+    }, breakAt: 3, onBreak: a =>
+    {
+        Out(a, 0x21, 0xFF);
+        StopPit(a);
+        Out(a, BrokePort, 1);
+    });
+
+    /// <summary>The OUTs up to and including the one on <paramref name="last"/>.</summary>
+    public static List<(byte Port, uint Value)> OutsUntil(TestGuest g, byte last, int max = 10)
+    {
+        var outs = new List<(byte, uint)>();
+        for (int i = 0; i < max; i++)
+        {
+            var o = NextOut(g);
+            outs.Add(o);
+            if (o.Port == last) return outs;
+        }
+        Assert.Fail($"No OUT to 0x{last:X} among the first {max}: {string.Join(", ", outs)}");
+        return outs;
+    }
 }
