@@ -62,4 +62,42 @@ public class DeviceSnapshotTests : KvmTestBase
             Assert.That(ex!.Message, Does.Contain("no device state"));
         }
     }
+
+    [Test]
+    public void Load_RefusesAHostileDeviceSection_WithoutAllocatingWhatItClaims()
+    {
+        using var g = PendingTickGuest(Kvm);
+        Assert.That(NextOut(g).Port, Is.EqualTo(PendingPort));
+        var snapshot = g.Vm.CreateSnapshot();
+        using var ms = new MemoryStream();
+        snapshot.Save(ms);
+        var bytes = ms.ToArray();
+        var d = snapshot.Devices!;
+        static int Blob(byte[]? b) => 4 + (b?.Length ?? 0);
+        int section = 1 + Blob(d.Clock) + Blob(d.PicMaster) + Blob(d.PicSlave) + Blob(d.IoApic) + Blob(d.Pit) + 4
+            + d.Lapics.Sum(l => 4 + 8 + Blob(l.Registers) + 1 + (l.TscDeadline is null ? 0 : 8));
+        int start = bytes.Length - 32 - section;
+        Assert.That(bytes[start], Is.EqualTo(1), "the device section starts where the format says");
+
+        var random = new Random(7);
+        foreach (int length in Enumerable.Range(0, 60).Select(_ => start + random.Next(section + 32)))
+            Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(new MemoryStream(bytes[..length])), $"truncated to {length} bytes, in the device section");
+        for (int i = 0; i < 40; i++)
+        {
+            var flipped = (byte[])bytes.Clone();
+            int at = start + random.Next(section);
+            flipped[at] ^= (byte)(1 << random.Next(8));
+            Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(new MemoryStream(flipped)), $"bit flipped at {at}, in the device section");
+        }
+        foreach (uint claimed in new[] { 0x7FFF_FFFEu, 1u << 16 })
+        {
+            var hostile = bytes[..(start + 1 + 4 + 64)]; // the clock's length field, then 64 bytes
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(hostile.AsSpan(start + 1), claimed);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            var ex = Assert.Throws<InvalidDataException>(() => VmSnapshot.Load(new MemoryStream(hostile)));
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.That(ex!.Message, Does.Contain("clock"), $"a clock of {claimed} bytes");
+            Assert.That(allocated, Is.LessThan(bytes.Length + (4 << 20)), $"a clock claiming {claimed} bytes allocated {allocated}");
+        }
+    }
 }
