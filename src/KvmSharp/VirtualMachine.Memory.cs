@@ -33,7 +33,7 @@ public sealed partial class VirtualMachine
             int ringCap = Architecture == KvmArchitecture.X86_64 ? Math.Max(CheckExtension(KvmCapability.DirtyLogRingAcqRel), CheckExtension(KvmCapability.DirtyLogRing)) : 0;
             int manualCap = CheckExtension(KvmCapability.ManualDirtyLogProtect2);
             if (backend == DirtyLogBackend.Auto)
-                backend = ringCap > 0 && _vcpus.Count == 0 ? DirtyLogBackend.DirtyRing
+                backend = ringCap > 0 && _vcpusCreated == 0 ? DirtyLogBackend.DirtyRing
                     : manualCap > 0 ? DirtyLogBackend.ManualProtect : DirtyLogBackend.GetDirtyLog;
             int ringBytes = 0;
             switch (backend)
@@ -44,7 +44,8 @@ public sealed partial class VirtualMachine
                     break;
                 case DirtyLogBackend.DirtyRing:
                     if (ringCap == 0) throw new NotSupportedException("The dirty ring needs KVM_CAP_DIRTY_LOG_RING (KvmSharp maps it on x86_64), which this KVM lacks.");
-                    if (_vcpus.Count > 0) throw new NotSupportedException("The dirty ring must be enabled before the VM's first vCPU is created.");
+                    // KVM counts every vCPU ever created, disposed ones too (kvm->created_vcpus).
+                    if (_vcpusCreated > 0) throw new NotSupportedException($"The dirty ring must be enabled before the VM's first vCPU is created; {_vcpusCreated} vCPU(s) were created already (KVM counts disposed ones too).");
                     ringBytes = ringEntries * 16;
                     if (ringEntries <= 0 || !System.Numerics.BitOperations.IsPow2(ringEntries) || ringBytes > ringCap)
                         throw new ArgumentOutOfRangeException(nameof(ringEntries), ringEntries, $"Dirty ring entries must be a power of two with at most {ringCap / 16} entries here.");

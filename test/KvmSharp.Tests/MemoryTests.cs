@@ -33,6 +33,33 @@ public class SlotManagementTests : KvmTestBase
     }
 
     [Test]
+    public void TheDirtyRing_AfterAVcpuWasCreatedAndDisposed_IsRefusedClearly_AndAutoPicksAnotherBackend()
+    {
+        // KVM refuses KVM_CAP_DIRTY_LOG_RING once any vCPU was created (kvm->created_vcpus), disposed or not.
+        Assert.That(Kvm.CheckExtension(KvmCapability.DirtyLogRing) > 0 || Kvm.CheckExtension(KvmCapability.DirtyLogRingAcqRel) > 0, Is.True,
+            "stock x86 KVM (5.11+) has the dirty ring");
+        using (var vm = Kvm.CreateVirtualMachine())
+        {
+            vm.AddMemorySlot(0, 0x10000);
+            vm.CreateVcpu().Dispose();
+            var ex = Assert.Throws<NotSupportedException>(() => vm.EnableDirtyTracking(DirtyLogBackend.DirtyRing));
+            Assert.That(ex!.Message, Does.Contain("before the VM's first vCPU").And.Contain("disposed"));
+            Assert.That(vm.DirtyTracker, Is.Null, "nothing was enabled");
+        }
+        using (var vm = Kvm.CreateVirtualMachine())
+        {
+            var slot = vm.AddMemorySlot(0, 0x10000);
+            vm.CreateVcpu().Dispose();
+            var tracker = vm.EnableDirtyTracking(); // Auto: not the ring, which KVM would refuse now
+            Assert.That(tracker.Backend, Is.Not.EqualTo(DirtyLogBackend.DirtyRing));
+            slot.Write(0x2000, 1UL);
+            using var pages = tracker.Harvest();
+            Assert.That(pages.SlotCount, Is.EqualTo(1));
+            Assert.That(pages.PagesAt(0).ToArray(), Is.EqualTo(new ulong[] { 2 }), "the tracker works: the host write to page 2 is reported");
+        }
+    }
+
+    [Test]
     public void VmWideTranslation_CrossesSlots_AndNamesHoles()
     {
         using var vm = Kvm.CreateVirtualMachine();
