@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 
 namespace KvmSharp;
@@ -41,14 +43,22 @@ public readonly ref struct IoExit
     {
         get
         {
-            ref var io = ref Fields;
             var run = _run.Span;
-            ulong offset = io.data_offset;
-            ulong length = (ulong)io.size * io.count;
-            if (offset > (ulong)run.Length || length > (ulong)run.Length - offset)
-                throw new InvalidOperationException($"KVM reported I/O data at offset {offset} length {length}, outside the {run.Length}-byte kvm_run mapping.");
-            return run.Slice((int)offset, (int)length);
+            return DataIn(run, ref IoIn(run));
         }
+    }
+
+    /// <summary><c>kvm_run.io</c> inside <paramref name="run"/> (the whole page, checked by the caller).</summary>
+    private ref kvm_run_io IoIn(Span<byte> run) => ref MemoryMarshal.AsRef<kvm_run_io>(run.Slice(_u, Unsafe.SizeOf<kvm_run_io>()));
+
+    /// <summary>The data <paramref name="io"/> points at inside <paramref name="run"/>, refused if KVM reported a range outside it.</summary>
+    private static Span<byte> DataIn(Span<byte> run, ref kvm_run_io io)
+    {
+        ulong offset = io.data_offset;
+        ulong length = (ulong)io.size * io.count;
+        if (offset > (ulong)run.Length || length > (ulong)run.Length - offset)
+            throw new InvalidOperationException($"KVM reported I/O data at offset {offset} length {length}, outside the {run.Length}-byte kvm_run mapping.");
+        return run.Slice((int)offset, (int)length);
     }
 
     /// <summary>The first item as a little-endian number (x86 port I/O is little-endian).</summary>
@@ -84,13 +94,14 @@ public readonly ref struct IoExit
     /// </summary>
     internal Span<byte> Decode(out ushort port, out int size, out int count, out bool isOut)
     {
-        ref var io = ref Fields;
+        var run = _run.Span; // the one disposal check
+        ref var io = ref IoIn(run);
         port = io.port;
         size = io.size;
         count = (int)io.count;
         isOut = io.direction == kvm_run_io.KVM_EXIT_IO_OUT;
-        return Data;
+        return DataIn(run, ref io);
     }
 
-    private ref kvm_run_io Fields => ref _run.Union<kvm_run_io>(_u).As<kvm_run_io>();
+    private ref kvm_run_io Fields => ref IoIn(_run.Span);
 }

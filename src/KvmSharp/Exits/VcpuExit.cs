@@ -45,14 +45,7 @@ public readonly ref struct VcpuExit
     public ReadOnlySpan<byte> RawUnion => Run.Slice(_u, KvmRunPage.ExitUnionSize);
 
     /// <summary>For <see cref="VcpuExitReason.Unknown"/>: the hardware exit reason (<c>kvm_run.hw</c>).</summary>
-    public ulong HardwareExitReason
-    {
-        get
-        {
-            Expect(VcpuExitReason.Unknown);
-            return _run.Union<kvm_run_hw>(_u).As<kvm_run_hw>().hardware_exit_reason;
-        }
-    }
+    public ulong HardwareExitReason => Member<kvm_run_hw>(VcpuExitReason.Unknown).As<kvm_run_hw>().hardware_exit_reason;
 
     /// <summary>The port I/O view.</summary>
     /// <remarks>
@@ -85,69 +78,27 @@ public readonly ref struct VcpuExit
 
     /// <summary>The MMIO view.</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Mmio"/>.</exception>
-    public MmioExit Mmio
-    {
-        get
-        {
-            Expect(VcpuExitReason.Mmio);
-            return new MmioExit(_run.Union<kvm_run_mmio>(_u));
-        }
-    }
+    public MmioExit Mmio => new(Member<kvm_run_mmio>(VcpuExitReason.Mmio));
 
     /// <summary>The system-event view (PSCI shutdown/reset, crash, wakeup…).</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.SystemEvent"/>.</exception>
-    public SystemEventExit SystemEvent
-    {
-        get
-        {
-            Expect(VcpuExitReason.SystemEvent);
-            return new SystemEventExit(_run.Union<kvm_run_system_event>(_u));
-        }
-    }
+    public SystemEventExit SystemEvent => new(Member<kvm_run_system_event>(VcpuExitReason.SystemEvent));
 
     /// <summary>The internal-error view (suberror and data words).</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.InternalError"/>.</exception>
-    public InternalErrorExit InternalError
-    {
-        get
-        {
-            Expect(VcpuExitReason.InternalError);
-            return new InternalErrorExit(_run.Union<kvm_run_internal>(_u));
-        }
-    }
+    public InternalErrorExit InternalError => new(Member<kvm_run_internal>(VcpuExitReason.InternalError));
 
     /// <summary>The failed-entry view.</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.FailEntry"/>.</exception>
-    public FailEntryExit FailEntry
-    {
-        get
-        {
-            Expect(VcpuExitReason.FailEntry);
-            return new FailEntryExit(_run.Union<kvm_run_fail_entry>(_u));
-        }
-    }
+    public FailEntryExit FailEntry => new(Member<kvm_run_fail_entry>(VcpuExitReason.FailEntry));
 
     /// <summary>The x86 exception view (<c>kvm_run.ex</c>).</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Exception"/>.</exception>
-    public ExceptionExit Exception
-    {
-        get
-        {
-            Expect(VcpuExitReason.Exception);
-            return new ExceptionExit(_run.Union<kvm_run_ex>(_u));
-        }
-    }
+    public ExceptionExit Exception => new(Member<kvm_run_ex>(VcpuExitReason.Exception));
 
     /// <summary>The debug view (<c>kvm_run.debug.arch</c>, whose layout depends on the architecture).</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.Debug"/>.</exception>
-    public DebugExit Debug
-    {
-        get
-        {
-            Expect(VcpuExitReason.Debug);
-            return new DebugExit(_run.Union<Interop.X86.kvm_debug_exit_arch>(_u), _arch); // x86's is the largest of the three arches
-        }
-    }
+    public DebugExit Debug => new(Member<Interop.X86.kvm_debug_exit_arch>(VcpuExitReason.Debug), _arch); // x86's is the largest of the three arches
 
     /// <summary>The x86 user-space MSR view (<c>kvm_run.msr</c>); set <see cref="X86MsrExit.Data"/> for a read, <see cref="X86MsrExit.Error"/> to inject #GP.</summary>
     /// <exception cref="InvalidOperationException">The exit is neither <see cref="VcpuExitReason.X86Rdmsr"/> nor <see cref="VcpuExitReason.X86Wrmsr"/>.</exception>
@@ -163,39 +114,25 @@ public readonly ref struct VcpuExit
 
     /// <summary>The s390x SIE intercept view.</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.S390Sieic"/>.</exception>
-    public S390SieicExit S390Sieic
-    {
-        get
-        {
-            Expect(VcpuExitReason.S390Sieic);
-            return new S390SieicExit(_run.Union<kvm_run_s390_sieic>(_u));
-        }
-    }
+    public S390SieicExit S390Sieic => new(Member<kvm_run_s390_sieic>(VcpuExitReason.S390Sieic));
 
     /// <summary>The s390x user-controlled VM fault view.</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.S390Ucontrol"/>.</exception>
-    public S390UcontrolExit S390Ucontrol
-    {
-        get
-        {
-            Expect(VcpuExitReason.S390Ucontrol);
-            return new S390UcontrolExit(_run.Union<kvm_run_s390_ucontrol>(_u));
-        }
-    }
+    public S390UcontrolExit S390Ucontrol => new(Member<kvm_run_s390_ucontrol>(VcpuExitReason.S390Ucontrol));
 
     /// <summary>The arm64 "no valid instruction syndrome" data-abort view.</summary>
     /// <exception cref="InvalidOperationException">The exit is not <see cref="VcpuExitReason.ArmNisv"/>.</exception>
-    public ArmNisvExit ArmNisv
-    {
-        get
-        {
-            Expect(VcpuExitReason.ArmNisv);
-            return new ArmNisvExit(_run.Union<kvm_run_arm_nisv>(_u));
-        }
-    }
+    public ArmNisvExit ArmNisv => new(Member<kvm_run_arm_nisv>(VcpuExitReason.ArmNisv));
 
     /// <summary>The <c>kvm_run</c> page; refused once the vCPU is disposed (the mapping is gone).</summary>
     private Span<byte> Run => _run.Span;
+
+    /// <summary>The exit union as member <typeparamref name="T"/>, once the exit is checked to be <paramref name="reason"/>.</summary>
+    private RunBytes Member<T>(VcpuExitReason reason) where T : unmanaged
+    {
+        Expect(reason);
+        return _run.Union<T>(_u);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Expect(VcpuExitReason reason)
