@@ -16,6 +16,9 @@ namespace KvmSharp.Tests;
 /// </summary>
 public class InterruptStateTests : KvmTestBase
 {
+    /// <summary>Ticks KVM's PIT may still owe the guest after it is stopped (0.5 s of 100 Hz ticks the guest had not acknowledged).</summary>
+    private const int MaxPitBacklog = 50;
+
     public enum Breakage
     {
         /// <summary>The guest masks IRQ0 in the master PIC (OCW1).</summary>
@@ -54,8 +57,12 @@ public class InterruptStateTests : KvmTestBase
         var saved = Capture(g); // inside the first tick's handler, before its EOI
         var before = OutsUntil(g, BrokePort);
         Assert.That(before, Is.EqualTo(new[] { (TickPort, 2u), (TickPort, 3u), (BrokePort, 1u) }));
-        // A tick that fired just before the PIT stopped may still be pending, and is delivered once.
-        AssertQuiet(g, breakage == Breakage.StopPit ? 1 : 0, $"after {breakage}");
+        // Stopping the PIT does not drop the ticks KVM still owes the guest: in its default reinject
+        // mode every tick that fired while the guest had not acknowledged the previous one (the host
+        // thread between two runs, a slow emulated CPU) is counted and delivered at the next EOI,
+        // after the timer is gone. The backlog depends on host timing, so it is bounded, not fixed:
+        // a PIT still running would tick ~150 times in the quiet window.
+        AssertQuiet(g, breakage == Breakage.StopPit ? MaxPitBacklog : 0, $"after {breakage}");
         if (breakage == Breakage.MaskPic)
             Assert.That(g.Vm.GetIrqChipState(kvm_irqchip.KVM_IRQCHIP_PIC_MASTER)[8 + 2], Is.EqualTo(0xFF), "KVM's PIC has IRQ0 masked");
         else
