@@ -8,7 +8,7 @@ namespace KvmSharp.Arm64.Tests.Guests;
 /// fixed-width words needs none. <see cref="A64Tests"/> checks every encoding against the one
 /// GNU as gives for the same instruction.
 /// </summary>
-internal sealed class A64
+internal sealed partial class A64
 {
     private readonly List<uint> _words = [];
 
@@ -24,7 +24,7 @@ internal sealed class A64
     /// <summary>Byte offset of the next instruction.</summary>
     public int Position => _words.Count * 4;
 
-    private A64 Emit(uint word)
+    internal A64 Emit(uint word)
     {
         _words.Add(word);
         return this;
