@@ -20,6 +20,9 @@ public class A64RegisterEncodingTests
     [TestCase(0xF9007BFEu, "str x30, [sp, #240]")]
     [TestCase(0xF94003E0u, "ldr x0, [sp]")]
     [TestCase(0x91007BBDu, "add x29, x29, #30")]
+    [TestCase(0x10000009u, "adr x9, .")]
+    [TestCase(0x8B010029u, "add x9, x1, x1")]
+    [TestCase(0x8B010121u, "add x1, x9, x1")]
     public void Encoding_MatchesGnuAs(uint expected, string instruction)
     {
         uint actual = instruction switch
@@ -38,6 +41,9 @@ public class A64RegisterEncodingTests
             "str x30, [sp, #240]" => Str(8, 30, Sp, 240),
             "ldr x0, [sp]" => Ldr(8, 0, Sp),
             "add x29, x29, #30" => AddImmediate(29, 29, 30),
+            "adr x9, ." => AdrSelf(9),
+            "add x9, x1, x1" => AddRegister(9, 1, 1),
+            "add x1, x9, x1" => AddRegister(1, 9, 1),
             _ => throw new ArgumentException(instruction),
         };
         Assert.That(actual, Is.EqualTo(expected), $"{instruction}: 0x{actual:X8}, GNU as says 0x{expected:X8}");

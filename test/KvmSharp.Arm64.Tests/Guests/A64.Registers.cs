@@ -35,6 +35,19 @@ internal sealed partial class A64
     /// <summary>LDR Qt, [Xn|SP, #offset]: loads a 128-bit SIMD&amp;FP register.</summary>
     public static uint LdrQ(int qt, int xn, int offset = 0) => 0x3DC00000u | QOffset(offset) | Reg(xn) << 5 | Reg(qt);
 
+    /// <summary>ADR Xd, . : the address of this instruction (its PC).</summary>
+    public static uint AdrSelf(int xd) => 0x10000000u | Reg(xd);
+
+    /// <summary>ADD Xd, Xn, Xm.</summary>
+    public static uint AddRegister(int xd, int xn, int xm) => 0x8B000000u | Reg(xm) << 16 | Reg(xn) << 5 | Reg(xd);
+
+    public A64 Adr(int xd) => Emit(AdrSelf(xd));
+
+    public A64 Add(int xd, int xn, Register xm) => Emit(AddRegister(xd, xn, xm.Number));
+
+    /// <summary>A register operand (to tell ADD's register form from its immediate form).</summary>
+    public readonly record struct Register(int Number);
+
     public A64 Mrs(int xt, SystemRegister register) => Emit(MrsWord(xt, register));
 
     public A64 Msr(SystemRegister register, int xt) => Emit(MsrWord(register, xt));

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using KvmSharp.Interop;
 
 namespace KvmSharp.Tests.Model;
@@ -10,67 +9,75 @@ namespace KvmSharp.Tests.Model;
 internal sealed class RecordingKernel(IKernel? inner = null) : IKernel
 {
     private readonly IKernel _inner = inner ?? LinuxKernel.Instance;
-    private readonly ConcurrentDictionary<string, int> _counts = new();
-    private readonly ConcurrentDictionary<string, int> _failNext = new();
+    // Plain dictionaries under one lock, not ConcurrentDictionary: its Count, Values and Clear
+    // create its EventSource, whose type initializer failed in the arm64 lab's .NET (see the
+    // arm64 suite's notes), and this kernel must not be the thing a test trips over.
+    private readonly object _lock = new();
+    private readonly Dictionary<string, int> _counts = [];
+    private readonly Dictionary<string, int> _failNext = [];
 
     public Func<string, int, int>? OpenOverride { get; set; }
 
     /// <summary>When it returns a value, that is the ioctl's result and the kernel is not called.</summary>
     public Func<KvmIoctl, nint, int?>? IoctlHook { get; set; }
 
-    private readonly ConcurrentDictionary<nint, nuint> _liveMappings = new();
-    private readonly ConcurrentDictionary<int, bool> _liveFds = new();
+    private readonly Dictionary<nint, nuint> _liveMappings = [];
+    private readonly HashSet<int> _liveFds = [];
 
     /// <summary>Mappings made through this kernel and not yet unmapped.</summary>
-    public int LiveMappings => _liveMappings.Count;
+    public int LiveMappings { get { lock (_lock) return _liveMappings.Count; } }
 
     /// <summary>File descriptors opened or created (KVM_CREATE_VM/VCPU) through this kernel and not yet closed.</summary>
-    public int LiveFds => _liveFds.Count;
+    public int LiveFds { get { lock (_lock) return _liveFds.Count; } }
 
-    public int Count(KvmIoctl ioctl) => _counts.GetValueOrDefault(ioctl.Name);
+    public int Count(KvmIoctl ioctl) { lock (_lock) return _counts.GetValueOrDefault(ioctl.Name); }
 
-    public int TotalIoctls => _counts.Values.Sum();
+    public int TotalIoctls { get { lock (_lock) return _counts.Values.Sum(); } }
 
-    public IReadOnlyDictionary<string, int> Counts => _counts;
+    /// <summary>A copy of the counts by ioctl name.</summary>
+    public IReadOnlyDictionary<string, int> Counts { get { lock (_lock) return new Dictionary<string, int>(_counts); } }
 
-    public void ResetCounts() => _counts.Clear();
+    public void ResetCounts() { lock (_lock) _counts.Clear(); }
 
     /// <summary>The next call of <paramref name="ioctl"/> returns -<paramref name="errno"/> without reaching the kernel.</summary>
-    public void FailNext(KvmIoctl ioctl, int errno) => _failNext[ioctl.Name] = errno;
+    public void FailNext(KvmIoctl ioctl, int errno) { lock (_lock) _failNext[ioctl.Name] = errno; }
 
     public int Open(string path, int flags)
     {
         int fd = OpenOverride?.Invoke(path, flags) ?? _inner.Open(path, flags);
-        if (fd >= 0) _liveFds[fd] = true;
+        if (fd >= 0) lock (_lock) _liveFds.Add(fd);
         return fd;
     }
 
     public int Close(int fd)
     {
-        _liveFds.TryRemove(fd, out _);
+        lock (_lock) _liveFds.Remove(fd);
         return _inner.Close(fd);
     }
 
     public int Ioctl(int fd, KvmIoctl request, nint arg)
     {
-        _counts.AddOrUpdate(request.Name, 1, (_, n) => n + 1);
-        if (_failNext.TryRemove(request.Name, out int errno)) return -errno;
+        lock (_lock)
+        {
+            _counts[request.Name] = _counts.GetValueOrDefault(request.Name) + 1;
+            if (_failNext.Remove(request.Name, out int errno)) return -errno;
+        }
         if (IoctlHook?.Invoke(request, arg) is int hooked) return hooked;
         int r = _inner.Ioctl(fd, request, arg);
-        if (r >= 0 && (request == KvmIoctls.KVM_CREATE_VM || request == KvmIoctls.KVM_CREATE_VCPU)) _liveFds[r] = true;
+        if (r >= 0 && (request == KvmIoctls.KVM_CREATE_VM || request == KvmIoctls.KVM_CREATE_VCPU)) lock (_lock) _liveFds.Add(r);
         return r;
     }
 
     public nint Mmap(nuint length, int prot, int flags, int fd, long offset)
     {
         nint p = _inner.Mmap(length, prot, flags, fd, offset);
-        if (p >= 0) _liveMappings[p] = length;
+        if (p >= 0) lock (_lock) _liveMappings[p] = length;
         return p;
     }
 
     public int Munmap(nint addr, nuint length)
     {
-        _liveMappings.TryRemove(addr, out _);
+        lock (_lock) _liveMappings.Remove(addr);
         return _inner.Munmap(addr, length);
     }
 
