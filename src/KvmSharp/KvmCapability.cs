@@ -83,6 +83,8 @@ public enum KvmCapability
     GuestDebugHwBps = 119,
     /// <summary>KVM_CAP_GUEST_DEBUG_HW_WPS.</summary>
     GuestDebugHwWps = 120,
+    /// <summary>KVM_CAP_IOEVENTFD_ANY_LENGTH: an MMIO ioeventfd of length 0 matches writes of any size.</summary>
+    IoEventFdAnyLength = 122,
     /// <summary>KVM_CAP_MAX_VCPU_ID.</summary>
     MaxVcpuId = 128,
     /// <summary>KVM_CAP_IMMEDIATE_EXIT: <c>kvm_run.immediate_exit</c>.</summary>

@@ -24,6 +24,8 @@ internal static partial class KvmIoctls
     public static readonly KvmIoctl KVM_RESET_DIRTY_RINGS = KvmIoctl.IO(nameof(KVM_RESET_DIRTY_RINGS), 0xC7);
     public static readonly KvmIoctl KVM_CREATE_IRQCHIP = KvmIoctl.IO(nameof(KVM_CREATE_IRQCHIP), 0x60);
     public static readonly KvmIoctl KVM_IRQ_LINE = KvmIoctl.IOW<kvm_irq_level>(nameof(KVM_IRQ_LINE), 0x61);
+    public static readonly KvmIoctl KVM_IRQFD = KvmIoctl.IOW<kvm_irqfd>(nameof(KVM_IRQFD), 0x76);
+    public static readonly KvmIoctl KVM_IOEVENTFD = KvmIoctl.IOW<kvm_ioeventfd>(nameof(KVM_IOEVENTFD), 0x79);
 
     // VM or vCPU fd
     public static readonly KvmIoctl KVM_ENABLE_CAP = KvmIoctl.IOW<kvm_enable_cap>(nameof(KVM_ENABLE_CAP), 0xA3);

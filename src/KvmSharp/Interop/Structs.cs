@@ -135,3 +135,26 @@ internal unsafe struct kvm_xen_exit
     [FieldOffset(24), UapiField("u.hcall.result")] public ulong hcall_result;
     [FieldOffset(32), UapiField("u.hcall.params")] public fixed ulong hcall_params[6];
 }
+
+[Uapi("kvm_irqfd"), StructLayout(LayoutKind.Explicit, Size = 32)]
+internal struct kvm_irqfd
+{
+    public const uint KVM_IRQFD_FLAG_DEASSIGN = 1 << 0, KVM_IRQFD_FLAG_RESAMPLE = 1 << 1;
+
+    [FieldOffset(0)] public uint fd;
+    [FieldOffset(4)] public uint gsi;
+    [FieldOffset(8)] public uint flags;
+    [FieldOffset(12)] public uint resamplefd;
+}
+
+[Uapi("kvm_ioeventfd"), StructLayout(LayoutKind.Explicit, Size = 64)]
+internal struct kvm_ioeventfd
+{
+    public const uint KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0, KVM_IOEVENTFD_FLAG_PIO = 1 << 1, KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
+
+    [FieldOffset(0)] public ulong datamatch;
+    [FieldOffset(8)] public ulong addr;
+    [FieldOffset(16)] public uint len;
+    [FieldOffset(20)] public int fd;
+    [FieldOffset(24)] public uint flags;
+}
