@@ -29,6 +29,8 @@ public enum KvmCapability
     CoalescedMmio = 15,
     /// <summary>KVM_CAP_SET_GUEST_DEBUG.</summary>
     SetGuestDebug = 23,
+    /// <summary>KVM_CAP_IRQ_ROUTING: <c>KVM_SET_GSI_ROUTING</c>.</summary>
+    IrqRouting = 25,
     /// <summary>KVM_CAP_IRQFD.</summary>
     IrqFd = 32,
     /// <summary>KVM_CAP_PIT2 (x86): <c>KVM_CREATE_PIT2</c>.</summary>
@@ -65,6 +67,8 @@ public enum KvmCapability
     OneReg = 70,
     /// <summary>KVM_CAP_SYNC_REGS: register sets that travel in <c>kvm_run</c> (a bit mask of them).</summary>
     SyncRegs = 74,
+    /// <summary>KVM_CAP_SIGNAL_MSI: <c>KVM_SIGNAL_MSI</c>.</summary>
+    SignalMsi = 77,
     /// <summary>KVM_CAP_READONLY_MEM: read-only memory slots.</summary>
     ReadOnlyMem = 81,
     /// <summary>KVM_CAP_ARM_PSCI.</summary>

@@ -26,6 +26,8 @@ internal static partial class KvmIoctls
     public static readonly KvmIoctl KVM_IRQ_LINE = KvmIoctl.IOW<kvm_irq_level>(nameof(KVM_IRQ_LINE), 0x61);
     public static readonly KvmIoctl KVM_IRQFD = KvmIoctl.IOW<kvm_irqfd>(nameof(KVM_IRQFD), 0x76);
     public static readonly KvmIoctl KVM_IOEVENTFD = KvmIoctl.IOW<kvm_ioeventfd>(nameof(KVM_IOEVENTFD), 0x79);
+    public static readonly KvmIoctl KVM_SIGNAL_MSI = KvmIoctl.IOW<kvm_msi>(nameof(KVM_SIGNAL_MSI), 0xA5);
+    public static readonly KvmIoctl KVM_SET_GSI_ROUTING = KvmIoctl.IOW<kvm_irq_routing>(nameof(KVM_SET_GSI_ROUTING), 0x6A);
 
     // VM or vCPU fd
     public static readonly KvmIoctl KVM_ENABLE_CAP = KvmIoctl.IOW<kvm_enable_cap>(nameof(KVM_ENABLE_CAP), 0xA3);

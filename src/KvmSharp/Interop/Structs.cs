@@ -158,3 +158,37 @@ internal struct kvm_ioeventfd
     [FieldOffset(20)] public int fd;
     [FieldOffset(24)] public uint flags;
 }
+
+[Uapi("kvm_msi"), StructLayout(LayoutKind.Explicit, Size = 32)]
+internal struct kvm_msi
+{
+    [FieldOffset(0)] public uint address_lo;
+    [FieldOffset(4)] public uint address_hi;
+    [FieldOffset(8)] public uint data;
+    [FieldOffset(12)] public uint flags;
+    [FieldOffset(16)] public uint devid;
+}
+
+/// <summary>The header of <c>struct kvm_irq_routing</c>; <c>nr</c> entries follow it.</summary>
+[Uapi("kvm_irq_routing"), StructLayout(LayoutKind.Explicit, Size = 8)]
+internal struct kvm_irq_routing
+{
+    [FieldOffset(0)] public uint nr;
+    [FieldOffset(4)] public uint flags;
+}
+
+[Uapi("kvm_irq_routing_entry"), StructLayout(LayoutKind.Explicit, Size = 48)]
+internal struct kvm_irq_routing_entry
+{
+    public const uint KVM_IRQ_ROUTING_IRQCHIP = 1, KVM_IRQ_ROUTING_MSI = 2;
+
+    [FieldOffset(0)] public uint gsi;
+    [FieldOffset(4)] public uint type;
+    [FieldOffset(8)] public uint flags;
+    /// <summary><c>u.irqchip.irqchip</c> / <c>u.msi.address_lo</c>.</summary>
+    [FieldOffset(16), UapiField("u.irqchip.irqchip")] public uint u0;
+    /// <summary><c>u.irqchip.pin</c> / <c>u.msi.address_hi</c>.</summary>
+    [FieldOffset(20), UapiField("u.irqchip.pin")] public uint u1;
+    /// <summary><c>u.msi.data</c>.</summary>
+    [FieldOffset(24), UapiField("u.msi.data")] public uint u2;
+}
