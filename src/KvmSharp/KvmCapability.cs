@@ -95,6 +95,8 @@ public enum KvmCapability
     ImmediateExit = 136,
     /// <summary>KVM_CAP_NESTED_STATE (x86).</summary>
     NestedState = 157,
+    /// <summary>KVM_CAP_COALESCED_PIO: coalesced zones of I/O ports.</summary>
+    CoalescedPio = 162,
     /// <summary>KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: <c>KVM_CLEAR_DIRTY_LOG</c>.</summary>
     ManualDirtyLogProtect2 = 168,
     /// <summary>KVM_CAP_ARM_SVE.</summary>

@@ -26,6 +26,8 @@ internal static partial class KvmIoctls
     public static readonly KvmIoctl KVM_IRQ_LINE = KvmIoctl.IOW<kvm_irq_level>(nameof(KVM_IRQ_LINE), 0x61);
     public static readonly KvmIoctl KVM_IRQFD = KvmIoctl.IOW<kvm_irqfd>(nameof(KVM_IRQFD), 0x76);
     public static readonly KvmIoctl KVM_IOEVENTFD = KvmIoctl.IOW<kvm_ioeventfd>(nameof(KVM_IOEVENTFD), 0x79);
+    public static readonly KvmIoctl KVM_REGISTER_COALESCED_MMIO = KvmIoctl.IOW<kvm_coalesced_mmio_zone>(nameof(KVM_REGISTER_COALESCED_MMIO), 0x67);
+    public static readonly KvmIoctl KVM_UNREGISTER_COALESCED_MMIO = KvmIoctl.IOW<kvm_coalesced_mmio_zone>(nameof(KVM_UNREGISTER_COALESCED_MMIO), 0x68);
     public static readonly KvmIoctl KVM_SIGNAL_MSI = KvmIoctl.IOW<kvm_msi>(nameof(KVM_SIGNAL_MSI), 0xA5);
     public static readonly KvmIoctl KVM_SET_GSI_ROUTING = KvmIoctl.IOW<kvm_irq_routing>(nameof(KVM_SET_GSI_ROUTING), 0x6A);
 

@@ -192,3 +192,29 @@ internal struct kvm_irq_routing_entry
     /// <summary><c>u.msi.data</c>.</summary>
     [FieldOffset(24), UapiField("u.msi.data")] public uint u2;
 }
+
+[Uapi("kvm_coalesced_mmio_zone"), StructLayout(LayoutKind.Explicit, Size = 16)]
+internal struct kvm_coalesced_mmio_zone
+{
+    [FieldOffset(0)] public ulong addr;
+    [FieldOffset(8)] public uint size;
+    [FieldOffset(12)] public uint pio;
+}
+
+/// <summary>One entry of the coalesced MMIO ring.</summary>
+[Uapi("kvm_coalesced_mmio"), StructLayout(LayoutKind.Explicit, Size = 24)]
+internal unsafe struct kvm_coalesced_mmio
+{
+    [FieldOffset(0)] public ulong phys_addr;
+    [FieldOffset(8)] public uint len;
+    [FieldOffset(12)] public uint pio;
+    [FieldOffset(16)] public fixed byte data[8];
+}
+
+/// <summary>The header of the coalesced MMIO ring page; its entries follow.</summary>
+[Uapi("kvm_coalesced_mmio_ring"), StructLayout(LayoutKind.Explicit, Size = 8)]
+internal struct kvm_coalesced_mmio_ring
+{
+    [FieldOffset(0)] public uint first;
+    [FieldOffset(4)] public uint last;
+}
