@@ -21,4 +21,9 @@ public enum RunStopReason
     UnclaimedAccess,
     /// <summary>An exit the loop does not handle (see <see cref="RunResult.LastExit"/>): internal error, debug, MSR…</summary>
     UnhandledExit,
+
+    /// <summary>The guest asked for a system reset through a device that called
+    /// <see cref="IoContext.RequestReset"/> (e.g. <see cref="ResetDevice"/>: port 0xCF9 or the keyboard
+    /// controller's reset pulse); <see cref="RunResult.Address"/> is the port.</summary>
+    GuestReset,
 }

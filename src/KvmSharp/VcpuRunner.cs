@@ -12,7 +12,8 @@ namespace KvmSharp;
 public sealed class VcpuRunner
 {
     private readonly Lock _lock = new();
-    private int _stop;
+    private int _stop;            // 1: stop requested; 2: the guest asked for a reset (at _resetAddress)
+    private ulong _resetAddress;
     private int _timedOut;
     private int _cancelled;
     private bool _armed;
@@ -42,6 +43,18 @@ public sealed class VcpuRunner
         Volatile.Write(ref _stop, 1);
         Vcpu.RequestExit();
     }
+
+    /// <summary>A device saw the guest ask for a reset (see <see cref="IoContext.RequestReset"/>).</summary>
+    internal void RequestReset(ulong resetAddress)
+    {
+        _resetAddress = resetAddress;
+        Volatile.Write(ref _stop, 2);
+        Vcpu.RequestExit();
+    }
+
+    private RunResult Stopped(VcpuExitReason lastExit, long exits) => Volatile.Read(ref _stop) == 2
+        ? new RunResult(RunStopReason.GuestReset, lastExit, _resetAddress, exits)
+        : new RunResult(RunStopReason.StopRequested, lastExit, 0, exits);
 
     /// <summary>
     /// Runs until a stop condition (see <see cref="RunStopReason"/>).
@@ -112,7 +125,7 @@ public sealed class VcpuRunner
         long exits = 0;
         while (true)
         {
-            if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, VcpuExitReason.Interrupted, 0, exits);
+            if (Volatile.Read(ref _stop) != 0) return Stopped(VcpuExitReason.Interrupted, exits);
             var exit = Vcpu.Run();
             exits++;
             // Writes KVM coalesced happened before this exit: devices get them first, in order.
@@ -141,7 +154,7 @@ public sealed class VcpuRunner
                 {
                     if (Volatile.Read(ref _timedOut) != 0) return new RunResult(RunStopReason.Timeout, exit.Reason, 0, exits);
                     if (Volatile.Read(ref _cancelled) != 0) return new RunResult(RunStopReason.Cancelled, exit.Reason, 0, exits);
-                    if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, exit.Reason, 0, exits);
+                    if (Volatile.Read(ref _stop) != 0) return Stopped(exit.Reason, exits);
                     return new RunResult(RunStopReason.ExitRequested, exit.Reason, 0, exits);
                 }
                 case VcpuExitReason.IrqWindowOpen:
@@ -149,7 +162,7 @@ public sealed class VcpuRunner
                 default:
                     return new RunResult(RunStopReason.UnhandledExit, exit.Reason, 0, exits);
             }
-            if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, exit.Reason, 0, exits);
+            if (Volatile.Read(ref _stop) != 0) return Stopped(exit.Reason, exits);
         }
     }
 

@@ -23,4 +23,10 @@ public readonly ref struct IoContext
 
     /// <summary>Makes <see cref="VcpuRunner.Run"/> return <see cref="RunStopReason.StopRequested"/> after this access completes.</summary>
     public void RequestStop() => _runner.RequestStop();
+
+    /// <summary>
+    /// The guest asked for a system reset: makes <see cref="VcpuRunner.Run"/> return
+    /// <see cref="RunStopReason.GuestReset"/>, with this access's address, after this access completes.
+    /// </summary>
+    public void RequestReset() => _runner.RequestReset(Address);
 }
