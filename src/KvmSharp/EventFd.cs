@@ -66,7 +66,12 @@ public sealed class EventFd : IDisposable
     {
         using var fd = Use();
         value = 0;
-        if (Libc.read(fd.Number, ref value, 8) == 8) return true;
+        if (Libc.read(fd.Number, ref value, 8) == 8)
+        {
+            // The count may be Dispose's wake-up: a read racing with disposal reports the disposal.
+            if (Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException(nameof(EventFd));
+            return true;
+        }
         int errno = Marshal.GetLastPInvokeError();
         if (errno == Errno.EAGAIN) return false;
         throw Failed("read", errno);
@@ -127,12 +132,38 @@ public sealed class EventFd : IDisposable
             throw Failed("poll", errno);
     }
 
-    /// <summary>Closes the descriptor (idempotent). KVM keeps a registered eventfd alive until the registration is removed.</summary>
-    public void Dispose() => _handle.Dispose();
+    /// <summary>
+    /// Closes the descriptor (idempotent). Waits in progress on other threads end with
+    /// <see cref="ObjectDisposedException"/> (they are woken first). KVM keeps a registered eventfd
+    /// alive until the registration is removed.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        // Wake any poll on this descriptor: each waiter then sees the flag before it reads.
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            ulong one = 1;
+            _ = Libc.write((int)_handle.DangerousGetHandle(), in one, 8); // EAGAIN at a full counter: a waiter is awake anyway
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+        finally
+        {
+            if (added) _handle.DangerousRelease();
+        }
+        _handle.Dispose();
+    }
+
+    private int _disposed;
 
     /// <summary>The descriptor number with a reference held on the handle, so a concurrent Dispose cannot close (and the number be reused) during the call.</summary>
     internal Lease Use()
     {
+        if (Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException(nameof(EventFd));
         bool added = false;
         try
         {

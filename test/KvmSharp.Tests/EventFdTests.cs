@@ -60,6 +60,22 @@ public class EventFdTests : KvmTestBase
     }
 
     [Test]
+    public async Task Dispose_EndsWaitsInProgress_WithObjectDisposed()
+    {
+        var e = new EventFd();
+        var pending = e.WaitAsync();
+        Exception? blocked = null;
+        var waiter = new Thread(() => { try { e.Wait(Timeout.InfiniteTimeSpan, out _); } catch (Exception x) { blocked = x; } });
+        waiter.Start();
+        Thread.Sleep(100); // both are in poll now (or about to be: they check the flag first)
+        e.Dispose();
+        Assert.That(async () => await pending.WaitAsync(TimeSpan.FromSeconds(30)), Throws.InstanceOf<ObjectDisposedException>());
+        Assert.That(waiter.Join(TimeSpan.FromSeconds(30)), Is.True, "the blocked Wait returned");
+        Assert.That(blocked, Is.InstanceOf<ObjectDisposedException>());
+        await Task.CompletedTask;
+    }
+
+    [Test]
     public void BadInput_AndDisposal_AreClearErrors()
     {
         var e = new EventFd();
