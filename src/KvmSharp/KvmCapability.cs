@@ -29,6 +29,8 @@ public enum KvmCapability
     CoalescedMmio = 15,
     /// <summary>KVM_CAP_SET_GUEST_DEBUG.</summary>
     SetGuestDebug = 23,
+    /// <summary>KVM_CAP_IRQ_ROUTING: <c>KVM_SET_GSI_ROUTING</c>.</summary>
+    IrqRouting = 25,
     /// <summary>KVM_CAP_IRQFD.</summary>
     IrqFd = 32,
     /// <summary>KVM_CAP_PIT2 (x86): <c>KVM_CREATE_PIT2</c>.</summary>
@@ -65,6 +67,8 @@ public enum KvmCapability
     OneReg = 70,
     /// <summary>KVM_CAP_SYNC_REGS: register sets that travel in <c>kvm_run</c> (a bit mask of them).</summary>
     SyncRegs = 74,
+    /// <summary>KVM_CAP_SIGNAL_MSI: <c>KVM_SIGNAL_MSI</c>.</summary>
+    SignalMsi = 77,
     /// <summary>KVM_CAP_READONLY_MEM: read-only memory slots.</summary>
     ReadOnlyMem = 81,
     /// <summary>KVM_CAP_ARM_PSCI.</summary>
@@ -83,12 +87,16 @@ public enum KvmCapability
     GuestDebugHwBps = 119,
     /// <summary>KVM_CAP_GUEST_DEBUG_HW_WPS.</summary>
     GuestDebugHwWps = 120,
+    /// <summary>KVM_CAP_IOEVENTFD_ANY_LENGTH: an MMIO ioeventfd of length 0 matches writes of any size.</summary>
+    IoEventFdAnyLength = 122,
     /// <summary>KVM_CAP_MAX_VCPU_ID.</summary>
     MaxVcpuId = 128,
     /// <summary>KVM_CAP_IMMEDIATE_EXIT: <c>kvm_run.immediate_exit</c>.</summary>
     ImmediateExit = 136,
     /// <summary>KVM_CAP_NESTED_STATE (x86).</summary>
     NestedState = 157,
+    /// <summary>KVM_CAP_COALESCED_PIO: coalesced zones of I/O ports.</summary>
+    CoalescedPio = 162,
     /// <summary>KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: <c>KVM_CLEAR_DIRTY_LOG</c>.</summary>
     ManualDirtyLogProtect2 = 168,
     /// <summary>KVM_CAP_ARM_SVE.</summary>

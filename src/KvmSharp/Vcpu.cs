@@ -183,6 +183,23 @@ public sealed partial class Vcpu : IDisposable
     }
 
     /// <summary>
+    /// Delivers the guest writes KVM has queued in its coalesced ring
+    /// (<see cref="VirtualMachine.AddCoalescedMmio"/>) to <paramref name="handler"/>, oldest first,
+    /// and gives their ring entries back to KVM. Call it at every exit before handling the exit (as
+    /// <see cref="VcpuRunner"/> does), so that a device sees the writes in the order the guest made
+    /// them. The ring is the VM's: draining through any of its vCPUs empties it (calls are serialised).
+    /// </summary>
+    /// <returns>How many writes were delivered (0 when the VM has no zones).</returns>
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU.</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    public int DrainCoalescedWrites(CoalescedWriteHandler handler)
+    {
+        ArgumentNullException.ThrowIfNull(handler);
+        CheckAccess();
+        return _vm.DrainCoalesced(_core.RunPage, handler);
+    }
+
+    /// <summary>
     /// Enables a vCPU capability with its arguments, as api.rst describes each (e.g.
     /// <see cref="KvmCapability.HypervEnforceCpuid"/>). Wraps KVM_ENABLE_CAP on the vCPU fd; needs
     /// KVM_CAP_ENABLE_CAP. VM-wide capabilities go to <see cref="VirtualMachine.EnableCapability"/>.

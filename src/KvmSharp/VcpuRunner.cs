@@ -115,6 +115,8 @@ public sealed class VcpuRunner
             if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, VcpuExitReason.Interrupted, 0, exits);
             var exit = Vcpu.Run();
             exits++;
+            // Writes KVM coalesced happened before this exit: devices get them first, in order.
+            if (Vcpu.VirtualMachine.UsesCoalescedWrites) Vcpu.DrainCoalescedWrites(_coalescedHandler ??= DeliverCoalesced);
             switch (exit.Reason)
             {
                 case VcpuExitReason.Io:
@@ -149,6 +151,16 @@ public sealed class VcpuRunner
             }
             if (Volatile.Read(ref _stop) != 0) return new RunResult(RunStopReason.StopRequested, exit.Reason, 0, exits);
         }
+    }
+
+    private CoalescedWriteHandler? _coalescedHandler;
+
+    /// <summary>A coalesced write, dispatched to its device like a write exit (one no device claims is dropped: it cannot stop the run mid-drain).</summary>
+    private void DeliverCoalesced(ulong address, ReadOnlySpan<byte> data, bool isPio)
+    {
+        Span<byte> copy = stackalloc byte[8];
+        data.CopyTo(copy);
+        Dispatch(isPio, address, data.Length, 1, write: true, copy[..data.Length]);
     }
 
     private RunResult Unclaimed(VcpuExitReason reason, ulong address, long exits) =>

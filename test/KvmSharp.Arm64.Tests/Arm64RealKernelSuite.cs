@@ -25,7 +25,7 @@ internal sealed class Arm64RealKernelSuite : RegisterSyncSuite
 
     protected override Vcpu Cpu => _t.Cpu;
     protected override MpState RunningMpState => MpState.Runnable;
-    protected override int ExpectedHotExitIoctls => 4; // GET_ONE_REG (PC), KVM_RUN completing the MMIO, SET_ONE_REG (X0), KVM_RUN
+    protected override int ExpectedHotExitIoctls => 3; // GET_ONE_REG (PC), SET_ONE_REG (X0), KVM_RUN (which completes the MMIO write)
     protected override int ExpectedPcReadIoctls => 1;
     protected override bool HasResetLevelState => false;
 

@@ -119,8 +119,9 @@ public class Arm64RegisterTests
     public void AHotMmioHandler_ThatReadsThePcAndWritesX0_CostsWhatTheModelSays()
     {
         // The guest stores W0 to MMIO forever; the handler reads the PC and writes X0. The model
-        // (Arm64RegisterSyncTests.ExpectedHotExitIoctls = 4) says: GET_ONE_REG (PC), KVM_RUN with
-        // immediate_exit (completing the MMIO before X0 is written), SET_ONE_REG (X0), KVM_RUN.
+        // (Arm64RegisterSyncTests.ExpectedHotExitIoctls = 3) says: GET_ONE_REG (PC), SET_ONE_REG (X0),
+        // KVM_RUN — whose entry completes the MMIO write (it only advances the PC, so X0 may be
+        // written before it).
         var code = new A64().Mov(1, MmioBase);
         int store = code.Position;
         code.Store(4, 0, 1).Instruction(A64.B(-4));
@@ -133,9 +134,9 @@ public class Arm64RegisterTests
             t.Arm.X0 = i;
             var mmio = t.RunToMmio();
             Assert.That(BinaryPrimitives.ReadUInt32LittleEndian(mmio.Data), Is.EqualTo(i), "the guest stored the X0 the handler wrote");
-            Assert.That(t.Kernel.TotalIoctls, Is.EqualTo(4), t.Counts);
+            Assert.That(t.Kernel.TotalIoctls, Is.EqualTo(3), t.Counts);
             Assert.That((t.Kernel.Count(KvmIoctls.KVM_GET_ONE_REG), t.Kernel.Count(KvmIoctls.KVM_SET_ONE_REG), t.Kernel.Count(KvmIoctls.KVM_RUN)),
-                Is.EqualTo((1, 1, 2)), t.Counts);
+                Is.EqualTo((1, 1, 1)), t.Counts);
         }
     }
 
@@ -149,6 +150,31 @@ public class Arm64RegisterTests
         for (int i = 0; i < 10; i++) t.RunToMmio();
         Assert.That(t.Kernel.Counts.Keys, Is.EquivalentTo(new[] { "KVM_RUN" }), t.Counts);
         Assert.That(t.Kernel.Count(KvmIoctls.KVM_RUN), Is.EqualTo(10));
+    }
+
+    [Test]
+    public void AfterAnMmioWrite_AGprWriteWaitsForTheRun_APcWriteCompletesTheAccessFirst()
+    {
+        var code = new A64().Mov(1, MmioBase);
+        int store = code.Position;
+        code.Store(8, 3, 1)            // MMIO <- x3
+            .Store(8, 3, 1, 8)         // MMIO+8 <- x3 again: shows what the guest has in x3 now
+            .BranchToSelf();
+        using var t = new Arm64TestVm(code, countIoctls: true);
+        t.RunToMmio();
+        t.Kernel!.ResetCounts();
+        t.Arm.X3 = 0x3333;
+        Assert.That((t.Kernel.TotalIoctls, t.Arm.HasPendingAccess), Is.EqualTo((0, true)), "no completion run for a GPR after an MMIO write: " + t.Counts);
+        var mmio = t.RunToMmio();
+        Assert.That((mmio.Address, BinaryPrimitives.ReadUInt64LittleEndian(mmio.Data)), Is.EqualTo((MmioBase + 8, 0x3333UL)),
+            "KVM completed the first store at this entry (PC + 4) and the guest saw the new X3");
+
+        // A PC write is different: KVM would add 4 to it at the next entry, so the access is completed first.
+        t.Kernel.ResetCounts();
+        t.Arm.Pc = CodeAddress + (ulong)store;
+        Assert.That((t.Kernel.Count(KvmIoctls.KVM_RUN), t.Arm.HasPendingAccess), Is.EqualTo((1, false)), t.Counts);
+        mmio = t.RunToMmio();
+        Assert.That(mmio.Address, Is.EqualTo(MmioBase), "the guest restarted at the first store, not 4 bytes past it");
     }
 
     [Test]

@@ -24,6 +24,12 @@ internal static partial class KvmIoctls
     public static readonly KvmIoctl KVM_RESET_DIRTY_RINGS = KvmIoctl.IO(nameof(KVM_RESET_DIRTY_RINGS), 0xC7);
     public static readonly KvmIoctl KVM_CREATE_IRQCHIP = KvmIoctl.IO(nameof(KVM_CREATE_IRQCHIP), 0x60);
     public static readonly KvmIoctl KVM_IRQ_LINE = KvmIoctl.IOW<kvm_irq_level>(nameof(KVM_IRQ_LINE), 0x61);
+    public static readonly KvmIoctl KVM_IRQFD = KvmIoctl.IOW<kvm_irqfd>(nameof(KVM_IRQFD), 0x76);
+    public static readonly KvmIoctl KVM_IOEVENTFD = KvmIoctl.IOW<kvm_ioeventfd>(nameof(KVM_IOEVENTFD), 0x79);
+    public static readonly KvmIoctl KVM_REGISTER_COALESCED_MMIO = KvmIoctl.IOW<kvm_coalesced_mmio_zone>(nameof(KVM_REGISTER_COALESCED_MMIO), 0x67);
+    public static readonly KvmIoctl KVM_UNREGISTER_COALESCED_MMIO = KvmIoctl.IOW<kvm_coalesced_mmio_zone>(nameof(KVM_UNREGISTER_COALESCED_MMIO), 0x68);
+    public static readonly KvmIoctl KVM_SIGNAL_MSI = KvmIoctl.IOW<kvm_msi>(nameof(KVM_SIGNAL_MSI), 0xA5);
+    public static readonly KvmIoctl KVM_SET_GSI_ROUTING = KvmIoctl.IOW<kvm_irq_routing>(nameof(KVM_SET_GSI_ROUTING), 0x6A);
 
     // VM or vCPU fd
     public static readonly KvmIoctl KVM_ENABLE_CAP = KvmIoctl.IOW<kvm_enable_cap>(nameof(KVM_ENABLE_CAP), 0xA3);

@@ -135,3 +135,86 @@ internal unsafe struct kvm_xen_exit
     [FieldOffset(24), UapiField("u.hcall.result")] public ulong hcall_result;
     [FieldOffset(32), UapiField("u.hcall.params")] public fixed ulong hcall_params[6];
 }
+
+[Uapi("kvm_irqfd"), StructLayout(LayoutKind.Explicit, Size = 32)]
+internal struct kvm_irqfd
+{
+    public const uint KVM_IRQFD_FLAG_DEASSIGN = 1 << 0, KVM_IRQFD_FLAG_RESAMPLE = 1 << 1;
+
+    [FieldOffset(0)] public uint fd;
+    [FieldOffset(4)] public uint gsi;
+    [FieldOffset(8)] public uint flags;
+    [FieldOffset(12)] public uint resamplefd;
+}
+
+[Uapi("kvm_ioeventfd"), StructLayout(LayoutKind.Explicit, Size = 64)]
+internal struct kvm_ioeventfd
+{
+    public const uint KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0, KVM_IOEVENTFD_FLAG_PIO = 1 << 1, KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
+
+    [FieldOffset(0)] public ulong datamatch;
+    [FieldOffset(8)] public ulong addr;
+    [FieldOffset(16)] public uint len;
+    [FieldOffset(20)] public int fd;
+    [FieldOffset(24)] public uint flags;
+}
+
+[Uapi("kvm_msi"), StructLayout(LayoutKind.Explicit, Size = 32)]
+internal struct kvm_msi
+{
+    [FieldOffset(0)] public uint address_lo;
+    [FieldOffset(4)] public uint address_hi;
+    [FieldOffset(8)] public uint data;
+    [FieldOffset(12)] public uint flags;
+    [FieldOffset(16)] public uint devid;
+}
+
+/// <summary>The header of <c>struct kvm_irq_routing</c>; <c>nr</c> entries follow it.</summary>
+[Uapi("kvm_irq_routing"), StructLayout(LayoutKind.Explicit, Size = 8)]
+internal struct kvm_irq_routing
+{
+    [FieldOffset(0)] public uint nr;
+    [FieldOffset(4)] public uint flags;
+}
+
+[Uapi("kvm_irq_routing_entry"), StructLayout(LayoutKind.Explicit, Size = 48)]
+internal struct kvm_irq_routing_entry
+{
+    public const uint KVM_IRQ_ROUTING_IRQCHIP = 1, KVM_IRQ_ROUTING_MSI = 2;
+
+    [FieldOffset(0)] public uint gsi;
+    [FieldOffset(4)] public uint type;
+    [FieldOffset(8)] public uint flags;
+    /// <summary><c>u.irqchip.irqchip</c> / <c>u.msi.address_lo</c>.</summary>
+    [FieldOffset(16), UapiField("u.irqchip.irqchip")] public uint u0;
+    /// <summary><c>u.irqchip.pin</c> / <c>u.msi.address_hi</c>.</summary>
+    [FieldOffset(20), UapiField("u.irqchip.pin")] public uint u1;
+    /// <summary><c>u.msi.data</c>.</summary>
+    [FieldOffset(24), UapiField("u.msi.data")] public uint u2;
+}
+
+[Uapi("kvm_coalesced_mmio_zone"), StructLayout(LayoutKind.Explicit, Size = 16)]
+internal struct kvm_coalesced_mmio_zone
+{
+    [FieldOffset(0)] public ulong addr;
+    [FieldOffset(8)] public uint size;
+    [FieldOffset(12)] public uint pio;
+}
+
+/// <summary>One entry of the coalesced MMIO ring.</summary>
+[Uapi("kvm_coalesced_mmio"), StructLayout(LayoutKind.Explicit, Size = 24)]
+internal unsafe struct kvm_coalesced_mmio
+{
+    [FieldOffset(0)] public ulong phys_addr;
+    [FieldOffset(8)] public uint len;
+    [FieldOffset(12)] public uint pio;
+    [FieldOffset(16)] public fixed byte data[8];
+}
+
+/// <summary>The header of the coalesced MMIO ring page; its entries follow.</summary>
+[Uapi("kvm_coalesced_mmio_ring"), StructLayout(LayoutKind.Explicit, Size = 8)]
+internal struct kvm_coalesced_mmio_ring
+{
+    [FieldOffset(0)] public uint first;
+    [FieldOffset(4)] public uint last;
+}

@@ -146,7 +146,12 @@ public sealed partial class Arm64RegisterSync
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref T WriteCore<T>(int slot) where T : unmanaged
     {
-        BeginWrite();
+        RequireReady();
+        // A pending MMIO write's completion only advances the PC (and clears PSTATE's BTYPE and SS
+        // bits): any other core register may be written before it, and the next KVM_RUN completes
+        // the access — one entry, not two. A pending read also loads its target register, which
+        // the MMIO exit does not name: complete it before any write.
+        if (_pendingAccess && (!_pendingIsWrite || slot is SlotPc or SlotPstate)) CompletePendingAccessCore();
         _coreEpoch[slot] = _epoch;
         if (!_coreDirty[slot])
         {

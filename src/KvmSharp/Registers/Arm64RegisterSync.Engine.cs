@@ -226,6 +226,7 @@ public sealed partial class Arm64RegisterSync
         // (EINTR included) has completed any earlier MMIO access; a new MMIO exit leaves one pending.
         ForgetValues();
         _pendingAccess = result >= 0 && _vcpu.LastExitReason == KvmExitMmio;
+        _pendingIsWrite = _pendingAccess && _vcpu.RunPage[MmioIsWriteOffset] != 0;
     }
 
     void IRunHooks.Release()

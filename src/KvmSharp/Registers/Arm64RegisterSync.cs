@@ -1,5 +1,6 @@
 using System.Collections.ObjectModel;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.Arm64;
 
@@ -23,11 +24,15 @@ namespace KvmSharp.Registers;
 /// next run, whatever its level.</para>
 /// <para>MMIO: after a KVM_EXIT_MMIO exit KVM finishes the access at the next KVM_RUN — it stores the
 /// loaded value (from the exit's data) into the target register and advances the PC by 4. Reading
-/// registers before that shows the faulting instruction. Before the first register <i>write</i>
-/// after such an exit (and before <see cref="SaveState"/>, <see cref="RestoreState"/> and
-/// <see cref="Initialize"/>) the cache completes the access with a KVM_RUN that has
-/// <c>immediate_exit</c> set and forgets what it had read, so the completion cannot overwrite the new
-/// values. Fill in the data of an MMIO read before writing any register.</para>
+/// registers before that shows the faulting instruction. Before a register <i>write</i> the
+/// completion could undo — any write after an MMIO read (whose target register the exit does not
+/// name), a write of the PC or PSTATE after an MMIO write, a system register, MP state or events —
+/// and before <see cref="SaveState"/>, <see cref="RestoreState"/> and <see cref="Initialize"/>,
+/// the cache completes the access with a KVM_RUN that has <c>immediate_exit</c> set and forgets
+/// what it had read, so the completion cannot overwrite the new values. Other core registers
+/// written after an MMIO write reach KVM before the next run, whose entry completes the write: a
+/// handler that reads the PC and writes X0 costs two ONE_REG ioctls and one KVM_RUN. Fill in the
+/// data of an MMIO read before writing any register.</para>
 /// <para>Not thread-safe: use it on the vCPU's thread, or while the vCPU is not running.</para>
 /// </remarks>
 public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
@@ -72,6 +77,9 @@ public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
 
     private bool _initialized;
     private bool _pendingAccess;
+    private bool _pendingIsWrite; // the pending access is an MMIO write (kvm_run.mmio.is_write)
+    private static readonly int MmioIsWriteOffset =
+        KvmArchitecture.Arm64.ExitUnionOffset() + (int)Marshal.OffsetOf<kvm_run_mmio>(nameof(kvm_run_mmio.is_write));
     private uint _target;
 
     internal Arm64RegisterSync(VcpuCore vcpu)
