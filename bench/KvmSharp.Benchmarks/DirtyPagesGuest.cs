@@ -75,6 +75,52 @@ internal static class DirtyPagesGuest
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void ThrowUnexpectedExit(string exit) =>
         throw new InvalidOperationException($"Expected a PIO exit on port 0x{Port:x}, got {exit}.");
+
+    /// <summary>The RAM size of a <paramref name="sizeMiB"/> MiB guest, checked to hold <paramref name="pages"/> pages from <see cref="FirstPage"/>.</summary>
+    public static ulong CheckFits(int sizeMiB, int pages)
+    {
+        ulong size = (ulong)sizeMiB << 20;
+        if (pages < 1 || FirstPage + (ulong)pages * 4096 > size)
+            throw new ArgumentOutOfRangeException(nameof(pages), pages, $"{pages} pages from 0x{FirstPage:x} do not fit in {sizeMiB} MiB.");
+        return size;
+    }
+
+    /// <summary>
+    /// Runs a new dirty-pages VM to its exit twice, so that it sits at an exit with every page the
+    /// guest touches mapped and its bytes hold <see cref="DirtyPagesVm.RunsInSetup"/>. With tracking
+    /// on, checks that the second run dirtied exactly the guest's <paramref name="pages"/> pages and
+    /// nothing else but pages below <paramref name="otherPagesBelow"/> (on x86 X86LongMode's
+    /// structures, which the CPU itself writes on stock KVM; none on arm64 with the MMU off).
+    /// </summary>
+    public static void Settle(IDirtyPagesVm vm, int pages, ulong otherPagesBelow)
+    {
+        vm.RunToExit();
+        vm.Vm.DirtyTracker?.Harvest().Dispose(); // forget the setup's writes and the first run's
+        vm.RunToExit();
+        if (vm.Vm.DirtyTracker is { } tracker)
+        {
+            using var dirty = tracker.Harvest();
+            var expected = Enumerable.Range(0, pages).Select(i => FirstPage + (ulong)i * 4096);
+            var data = dirty.Addresses().Where(a => a >= FirstPage);
+            var other = dirty.Addresses().Where(a => a < FirstPage).ToList();
+            if (!data.SequenceEqual(expected) || other.Any(a => a >= otherPagesBelow))
+                throw new InvalidOperationException(
+                    $"A run dirtied {dirty.Count} pages ({string.Join(", ", dirty.Addresses().Take(12).Select(a => $"0x{a:x}"))}…), not the {pages} " +
+                    $"from 0x{FirstPage:x} and, at most, pages below 0x{otherPagesBelow:x}.");
+        }
+        CheckBytes(vm.Ram.Span, pages, DirtyPagesVm.RunsInSetup);
+    }
+}
+
+/// <summary>A VM running the dirty-pages guest, at its exit: <see cref="DirtyPagesVm"/> (x86) or <see cref="Arm64DirtyPagesVm"/>.</summary>
+internal interface IDirtyPagesVm : IDisposable
+{
+    VirtualMachine Vm { get; }
+    MemorySlot Ram { get; }
+    Vcpu Cpu { get; }
+
+    /// <summary>Runs from the exit to the next one (checked), dirtying the guest's pages.</summary>
+    void RunToExit();
 }
 
 /// <summary>
@@ -84,15 +130,13 @@ internal static class DirtyPagesGuest
 /// checks that the second run dirtied exactly the expected pages of the guest's data, and nothing
 /// else but X86LongMode's structures (which the CPU itself writes on stock KVM).
 /// </summary>
-internal sealed class DirtyPagesVm : IDisposable
+internal sealed class DirtyPagesVm : IDirtyPagesVm
 {
     private readonly Kvm _kvm;
 
     public DirtyPagesVm(int sizeMiB, int pages, DirtyLogBackend? backend)
     {
-        ulong size = (ulong)sizeMiB << 20;
-        if (pages < 1 || DirtyPagesGuest.FirstPage + (ulong)pages * 4096 > size)
-            throw new ArgumentOutOfRangeException(nameof(pages), pages, $"{pages} pages from 0x{DirtyPagesGuest.FirstPage:x} do not fit in {sizeMiB} MiB.");
+        ulong size = DirtyPagesGuest.CheckFits(sizeMiB, pages);
         Pages = pages;
         _kvm = Kvm.Open();
         try
@@ -103,21 +147,7 @@ internal sealed class DirtyPagesVm : IDisposable
             Ram.Write(DirtyPagesGuest.Entry, DirtyPagesGuest.Code(pages));
             Cpu = Vm.CreateVcpu();
             X86LongMode.Setup(Cpu, Ram, DirtyPagesGuest.Entry, DirtyPagesGuest.StackTop, new X86LongModeOptions { UserMode = true });
-            DirtyPagesGuest.RunToExit(Cpu);
-            Vm.DirtyTracker?.Harvest().Dispose(); // forget the setup's writes and the first run's
-            DirtyPagesGuest.RunToExit(Cpu);
-            if (Vm.DirtyTracker is { } tracker)
-            {
-                using var dirty = tracker.Harvest();
-                var expected = Enumerable.Range(0, pages).Select(i => DirtyPagesGuest.FirstPage + (ulong)i * 4096);
-                var data = dirty.Addresses().Where(a => a >= DirtyPagesGuest.FirstPage);
-                var other = dirty.Addresses().Where(a => a < DirtyPagesGuest.FirstPage).ToList();
-                if (!data.SequenceEqual(expected) || other.Any(a => a >= X86LongMode.ReservedBytes))
-                    throw new InvalidOperationException(
-                        $"A run dirtied {dirty.Count} pages ({string.Join(", ", dirty.Addresses().Take(12).Select(a => $"0x{a:x}"))}…), not the {pages} " +
-                        $"from 0x{DirtyPagesGuest.FirstPage:x} and, at most, X86LongMode's structures below 0x{X86LongMode.ReservedBytes:x}.");
-            }
-            DirtyPagesGuest.CheckBytes(Ram.Span, pages, RunsInSetup);
+            DirtyPagesGuest.Settle(this, pages, otherPagesBelow: X86LongMode.ReservedBytes);
         }
         catch
         {
@@ -125,6 +155,12 @@ internal sealed class DirtyPagesVm : IDisposable
             throw;
         }
     }
+
+    /// <summary>The dirty-pages VM of this process's architecture.</summary>
+    public static IDirtyPagesVm Create(int sizeMiB, int pages, DirtyLogBackend? backend) =>
+        RestoreLoop.IsArm64 ? new Arm64DirtyPagesVm(sizeMiB, pages, backend) : new DirtyPagesVm(sizeMiB, pages, backend);
+
+    public void RunToExit() => DirtyPagesGuest.RunToExit(Cpu);
 
     /// <summary>How many times the constructor ran the guest: the value of its bytes now.</summary>
     public const byte RunsInSetup = 2;

@@ -124,10 +124,8 @@ internal sealed unsafe class NativeSnapshotVm : IDisposable
 
         public Library()
         {
-            var (dir, lib) = NativeBuild.Load("snapshot_vm.c");
-            // PERF: one build per process (gcc takes ~0.3 s; the table makes dozens of VMs). The mapping
-            // outlives the file: delete it now, and never unload.
-            NativeBuild.DeleteDirectory(dir);
+            // PERF: one build per process (gcc takes ~0.3 s; the table makes dozens of VMs).
+            nint lib = NativeBuild.LoadOnce("snapshot_vm.c");
             Setup = (delegate* unmanaged<byte*, ulong, int, int, nint*, int*, int, int*, nint>)NativeBuild.Export(lib, "sv_setup");
             Run = (delegate* unmanaged<nint, long>)NativeBuild.Export(lib, "sv_run");
             Restore = (delegate* unmanaged<nint, int>)NativeBuild.Export(lib, "sv_restore");

@@ -1,4 +1,6 @@
+using System.Runtime.InteropServices;
 using BenchmarkDotNet.Running;
+using KvmSharp.Lab;
 
 namespace KvmSharp.Benchmarks;
 
@@ -30,6 +32,14 @@ namespace KvmSharp.Benchmarks;
 /// to Run returning, KvmSharp and raw C (see <see cref="KickLatency"/>); <c>--fuzz-rate [SECONDS]
 /// [WORKERS…]</c>: execs/s of the FuzzHarness loop (see <see cref="FuzzRate"/>).
 /// </para>
+/// <para>
+/// <c>--arch arm64</c> (first) benchmarks arm64 KVM: from an x86_64 host it cross-compiles the
+/// arm64 raw C baselines here (aarch64-linux-gnu-gcc) and relaunches in the arm64 lab. In an arm64
+/// process <c>--interleaved mmio</c>, <c>--interleaved</c>, <c>--count-ioctls</c> and
+/// <c>--restore-table</c> are the arm64 benchmarks (see <see cref="Arm64Benchmarks"/>).
+/// <c>--count-with TOOL</c> (first, after <c>--arch</c>) runs the rest of the command line under
+/// TOOL (e.g. <c>/work/shared/tools/ioctl-count</c>) where KVM is, i.e. inside the lab machine.
+/// </para>
 /// </summary>
 public static class Program
 {
@@ -38,8 +48,17 @@ public static class Program
     {
         // Where /dev/kvm does not work, benchmark in a KvmSharp.Lab machine: there everything is
         // emulated, so only the ratios to the raw baselines measured in the same run mean anything.
-        if (KvmSharp.Lab.KvmLab.RelaunchIfNeeded(args) is int labExitCode)
+        if (RelaunchIfNeeded(ref args) is int labExitCode)
             return labExitCode;
+        if (args is ["--count-with", var tool, .. var traced])
+            return RunUnder(tool, traced);
+        if (RuntimeInformation.ProcessArchitecture == Architecture.Arm64)
+            return MainArm64(args);
+        if (args is ["--interleaved", "mmio", ..])
+        {
+            Console.Error.WriteLine("--interleaved mmio is the arm64 exit benchmark: add --arch arm64 (first).");
+            return 2;
+        }
         if (args is ["--count-ioctls", "restore", ..])
             return CountRestoreIoctls(args[2..]);
         if (args is ["--count-ioctls", ..])
@@ -62,6 +81,115 @@ public static class Program
         var summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         bool failed = summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success));
         return failed ? 1 : 0;
+    }
+
+    /// <summary>
+    /// <c>--arch x86_64|arm64</c> (first) picks the KVM's architecture (default: this process's). Before
+    /// relaunching in a lab machine of another architecture, the arm64 raw C baselines are
+    /// cross-compiled here and passed on with <c>--native-dir DIR</c>; in the process that runs the
+    /// benchmark, both options are taken off <paramref name="args"/>.
+    /// </summary>
+    private static int? RelaunchIfNeeded(ref string[] args)
+    {
+        var lab = new LabOptions();
+        if (args is ["--arch", var name, .. var rest])
+        {
+            if (name is not ("x86_64" or "arm64"))
+            {
+                Console.Error.WriteLine($"--arch '{name}': use x86_64 or arm64.");
+                return 2;
+            }
+            lab = new LabOptions { Architecture = LabArchitectures.Parse(name) };
+            if (KvmLab.IsInsideLab || lab.Architecture == LabArchitectures.Host)
+                args = rest;
+        }
+        if (!KvmLab.IsInsideLab && lab.Architecture != LabArchitectures.Host && lab.Architecture == LabArchitecture.Arm64)
+        {
+            string dir;
+            try
+            {
+                dir = NativeBuild.CrossCompileForLab();
+            }
+            catch (InvalidOperationException e)
+            {
+                Console.Error.WriteLine(e.Message);
+                return 2;
+            }
+            try
+            {
+                return KvmLab.RelaunchIfNeeded([.. args, "--native-dir", dir], lab);
+            }
+            finally
+            {
+                NativeBuild.DeleteDirectory(dir);
+            }
+        }
+        if (KvmLab.RelaunchIfNeeded(args, lab) is int code)
+            return code;
+        if (args is [.. var before, "--native-dir", var prebuilt])
+        {
+            NativeBuild.PrebuiltDirectory = prebuilt;
+            args = before;
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// <c>--count-with TOOL …</c>: runs this program with the rest of the arguments under TOOL (a tracer)
+    /// and returns its exit code. A TOOL that is a script runs with <c>sh</c> from PATH: in a lab
+    /// machine of another architecture the host's interpreter named on its <c>#!</c> line cannot run
+    /// (busybox's sh comes first there); its tracer, e.g. strace, must be of that architecture too.
+    /// </summary>
+    private static int RunUnder(string tool, string[] args)
+    {
+        bool script = File.Exists(tool) && File.ReadAllText(tool).StartsWith("#!", StringComparison.Ordinal);
+        var psi = new System.Diagnostics.ProcessStartInfo(script ? "sh" : tool) { UseShellExecute = false };
+        if (script) psi.ArgumentList.Add(tool);
+        string self = Environment.ProcessPath!;
+        psi.ArgumentList.Add(self);
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") psi.ArgumentList.Add(Environment.GetCommandLineArgs()[0]);
+        foreach (string a in args) psi.ArgumentList.Add(a);
+        if (NativeBuild.PrebuiltDirectory is { } dir)
+        {
+            psi.ArgumentList.Add("--native-dir");
+            psi.ArgumentList.Add(dir);
+        }
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        process.WaitForExit();
+        return process.ExitCode;
+    }
+
+    /// <summary>The modes in an arm64 process (see <see cref="Arm64Benchmarks"/>); the x86-only ones say so.</summary>
+    private static int MainArm64(string[] args)
+    {
+        switch (args)
+        {
+            case ["--count-ioctls", "restore", ..]:
+                return CountRestoreIoctls(args[2..]);
+            case ["--count-ioctls", var way, .. var rest] when Arm64Benchmarks.Ways.Contains(way) && rest.Length <= 1:
+            {
+                int exits = 10000;
+                if (rest is [var n] && (!int.TryParse(n, out exits) || exits < 0)) break;
+                return Arm64Benchmarks.CountIoctls(way, exits);
+            }
+            case ["--restore-table", ..]:
+                return RestoreTable.Run(args[1..]);
+            case ["--interleaved", "mmio", .. var rest] when TryRounds(rest, out int rounds):
+                return Arm64Benchmarks.Interleaved(Arm64Benchmarks.MmioWays, rounds);
+            case ["--interleaved", .. var rest] when TryRounds(rest, out int rounds):
+                return Arm64Benchmarks.Interleaved(Arm64Benchmarks.RegisterWays, rounds);
+        }
+        Console.Error.WriteLine(
+            "arm64 modes: --interleaved mmio [ROUNDS] | --interleaved [ROUNDS] | --restore-table [ROUNDS] [--sizes …] [--pages …] [--ways …] | " +
+            $"--count-ioctls {string.Join("|", Arm64Benchmarks.Ways)} [EXITS] | --count-ioctls restore WAY [CYCLES]. " +
+            "The PIO, kick-latency, fuzz-rate and BenchmarkDotNet modes are x86's.");
+        return 2;
+
+        static bool TryRounds(string[] rest, out int rounds)
+        {
+            rounds = 300;
+            return rest.Length == 0 || (rest.Length == 1 && int.TryParse(rest[0], out rounds) && rounds > 0);
+        }
     }
 
     private static int CountIoctls(string[] args)
@@ -196,7 +324,7 @@ public static class Program
     /// <paramref name="rounds"/> rounds after a warm-up, and prints each way's median and quartiles
     /// per exit with its ratio to the first way.
     /// </summary>
-    private static void InterleavedRounds(string[] names, Action[] batches, int exits, int rounds)
+    internal static void InterleavedRounds(string[] names, Action[] batches, int exits, int rounds)
     {
         foreach (var batch in batches)
             for (int i = 0; i < 20; i++) batch(); // warm-up: JIT tiers, kernel caches

@@ -60,13 +60,14 @@ internal static class RestoreWays
         },
     };
 
-    /// <summary>Whether this KVM offers the way's back end (all three do on kvm-pvm).</summary>
+    /// <summary>Whether this KVM offers the way's back end (all three do on kvm-pvm), and the way exists here (no dirty ring in the arm64 raw C).</summary>
     public static bool IsAvailable(this RestoreWay way)
     {
         using var kvm = Kvm.Open();
         return way.Backend() switch
         {
             DirtyLogBackend.ManualProtect => kvm.CheckExtension(KvmCapability.ManualDirtyLogProtect2) > 0,
+            DirtyLogBackend.DirtyRing when RestoreLoop.IsArm64 => false,
             DirtyLogBackend.DirtyRing => kvm.CheckExtension(KvmCapability.DirtyLogRingAcqRel) > 0 || kvm.CheckExtension(KvmCapability.DirtyLogRing) > 0,
             _ => true,
         };
@@ -80,7 +81,7 @@ internal static class RestoreWays
 /// the VM is always at an exit between calls. Shared by <see cref="RestoreBenchmarks"/>,
 /// <c>--restore-table</c> and <c>--count-ioctls restore</c> (see <see cref="Program"/>).
 /// </summary>
-internal abstract class RestoreLoop : IDisposable
+internal abstract partial class RestoreLoop : IDisposable
 {
     protected RestoreLoop(RestoreWay way, int sizeMiB, int pages)
     {
@@ -98,6 +99,7 @@ internal abstract class RestoreLoop : IDisposable
         RestoreLoop loop = way switch
         {
             RestoreWay.FullCopy => new FullCopyLoop(sizeMiB, pages),
+            _ when way.IsRawC() && IsArm64 => new Arm64RawCLoop(way, sizeMiB, pages),
             _ when way.IsRawC() => new RawCLoop(way, sizeMiB, pages),
             _ => new KvmSharpLoop(way, sizeMiB, pages),
         };
@@ -149,12 +151,12 @@ internal abstract class RestoreLoop : IDisposable
 
     private sealed class KvmSharpLoop : RestoreLoop
     {
-        private readonly DirtyPagesVm _guest;
+        private readonly IDirtyPagesVm _guest;
         private readonly VmSnapshot _snapshot;
 
         public KvmSharpLoop(RestoreWay way, int sizeMiB, int pages) : base(way, sizeMiB, pages)
         {
-            _guest = new DirtyPagesVm(sizeMiB, pages, way.Backend());
+            _guest = DirtyPagesVm.Create(sizeMiB, pages, way.Backend());
             try
             {
                 if (_guest.Vm.DirtyTracker!.Backend != way.Backend())
@@ -168,7 +170,7 @@ internal abstract class RestoreLoop : IDisposable
             }
         }
 
-        public override void Run() => DirtyPagesGuest.RunToExit(_guest.Cpu);
+        public override void Run() => _guest.RunToExit();
         public override void Restore() => _guest.Vm.Restore(_snapshot);
         protected override ReadOnlySpan<byte> Memory => _guest.Ram.Span;
         public override void Dispose() => _guest.Dispose();
@@ -176,22 +178,22 @@ internal abstract class RestoreLoop : IDisposable
 
     private sealed class FullCopyLoop : RestoreLoop
     {
-        private readonly DirtyPagesVm _guest;
+        private readonly IDirtyPagesVm _guest;
         private readonly RegisterState _registers;
         private readonly byte[] _image;
 
         public FullCopyLoop(int sizeMiB, int pages) : base(RestoreWay.FullCopy, sizeMiB, pages)
         {
-            _guest = new DirtyPagesVm(sizeMiB, pages, backend: null);
-            _registers = _guest.Cpu.Registers.SaveState(); // completes the pending OUT, as CreateSnapshot does
+            _guest = DirtyPagesVm.Create(sizeMiB, pages, backend: null);
+            _registers = _guest.Cpu.Registers.SaveState(); // completes the pending exit (OUT, MMIO store), as CreateSnapshot does
             _image = _guest.Ram.Span.ToArray();
         }
 
-        public override void Run() => DirtyPagesGuest.RunToExit(_guest.Cpu);
+        public override void Run() => _guest.RunToExit();
 
         public override void Restore()
         {
-            // The order of VirtualMachine.Restore: registers (which completes the pending OUT), then memory.
+            // The order of VirtualMachine.Restore: registers (which completes the pending exit), then memory.
             _guest.Cpu.Registers.RestoreState(_registers);
             _image.CopyTo(_guest.Ram.Span);
         }

@@ -46,7 +46,8 @@ internal static class RestoreTable
 
         ways = ways.Where(w => w != RestoreWay.FullCopy && w.IsAvailable()).ToArray();
         Console.WriteLine($"Restore: {rounds} interleaved rounds per cell of restore, run, run for {string.Join(", ", ways.Select(w => w.Label()))};");
-        Console.WriteLine($"then {rounds} cycles of {RestoreWay.FullCopy.Label()} alone (fewer for big guests). Guest: CPL3, one byte into each dirty page, one PIO exit.");
+        Console.WriteLine($"then {rounds} cycles of {RestoreWay.FullCopy.Label()} alone (fewer for big guests). Guest: " +
+            (RestoreLoop.IsArm64 ? "EL1 with the MMU off, one byte into each dirty page, one MMIO exit." : "CPL3, one byte into each dirty page, one PIO exit."));
         Console.WriteLine("All times µs, medians (p90 in brackets). ratio = KvmSharp ÷ raw C of the same back end; ÷full = full copy ÷ this way.");
         WarmUpJit(ways);
         var summary = new List<string>();

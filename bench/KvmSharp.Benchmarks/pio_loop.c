@@ -14,6 +14,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "raw_kvm.h"
+
 static int kvm_fd = -1, vm_fd = -1, vcpu_fd = -1;
 static struct kvm_run *run = MAP_FAILED;
 static size_t run_size;
@@ -38,7 +40,6 @@ void pio_teardown(void)
  * vCPU in real mode with CS base 0 and RIP = code_gpa. Returns 0, or -errno (all torn down). */
 int pio_setup(const uint8_t *code, int code_len, uint64_t code_gpa, uint64_t memory_size, int port)
 {
-    struct kvm_userspace_memory_region region;
     struct kvm_sregs sregs;
     struct kvm_regs regs;
     int r;
@@ -54,16 +55,7 @@ int pio_setup(const uint8_t *code, int code_len, uint64_t code_gpa, uint64_t mem
     if (mem == MAP_FAILED) goto fail;
     memcpy(mem + code_gpa, code, (size_t)code_len);
 
-    memset(&region, 0, sizeof region);
-    region.memory_size = mem_size;
-    region.userspace_addr = (uint64_t)(uintptr_t)mem;
-    if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) goto fail;
-
-    if ((vcpu_fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0)) < 0) goto fail;
-    if ((r = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0)) < 0) goto fail;
-    run_size = (size_t)r;
-    run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd, 0);
-    if (run == MAP_FAILED) goto fail;
+    if (rk_add_slot_and_vcpu(kvm_fd, vm_fd, mem, mem_size, 0, &vcpu_fd, &run, &run_size) < 0) goto fail;
 
     if (ioctl(vcpu_fd, KVM_GET_SREGS, &sregs) < 0) goto fail;
     sregs.cs.base = 0;
@@ -100,18 +92,10 @@ void pio_use_sync_regs(void)
     run->kvm_valid_regs = KVM_SYNC_X86_REGS;
 }
 
-/* Has KVM apply the calling thread's signal mask minus `signo` inside KVM_RUN
- * (KVM_SET_SIGNAL_MASK), as KvmSharp does for its kick signal: the kernel then swaps the thread's
- * signal mask on every entry and exit. Returns 0 or -errno. */
+/* KvmSharp's kick signal mask (see rk_set_signal_mask). Returns 0 or -errno. */
 int pio_set_signal_mask(int signo)
 {
-    sigset_t current;
-    struct { struct kvm_signal_mask head; uint64_t bits; } mask;
-    if (pthread_sigmask(SIG_BLOCK, NULL, &current) != 0) return -EINVAL;
-    memcpy(&mask.bits, &current, sizeof mask.bits);
-    mask.bits &= ~(UINT64_C(1) << (signo - 1));
-    mask.head.len = sizeof mask.bits;
-    return ioctl(vcpu_fd, KVM_SET_SIGNAL_MASK, &mask) < 0 ? -errno : 0;
+    return rk_set_signal_mask(vcpu_fd, signo);
 }
 
 /* RIP as KVM stored it into run->s.regs at the last exit (after pio_use_sync_regs). */

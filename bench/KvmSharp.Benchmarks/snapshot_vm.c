@@ -32,7 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE 4096
+#include "raw_kvm.h"
+
+#define PAGE RK_PAGE
 
 /* The register sets, in the order of the blobs passed to sv_setup (KvmSharp's X86RegisterSets). */
 enum { SET_REGS, SET_SREGS, SET_EVENTS, SET_XCRS, SET_MP_STATE, SET_XSAVE, SET_DEBUGREGS,
@@ -48,7 +50,6 @@ struct sv_vm {
     uint8_t *mem, *saved;          /* guest RAM and the snapshot's copy of it */
     uint64_t mem_size;
     uint64_t *bitmap;              /* KVM_GET_DIRTY_LOG's buffer */
-    size_t bitmap_words;
     struct kvm_dirty_gfn *ring;
     uint32_t ring_entries, ring_fetch;
     void *sets[SET_COUNT];         /* the snapshot's register sets, as KVM's structs */
@@ -133,8 +134,6 @@ struct sv_vm *sv_setup(const uint8_t *image, uint64_t mem_size, int backend, int
                        const void *const *sets, const int *lens, int port, int *err)
 {
     struct sv_vm *v = calloc(1, sizeof *v);
-    struct kvm_userspace_memory_region region;
-    int r;
 
     if (!v) { *err = ENOMEM; return NULL; }
     v->kvm_fd = v->vm_fd = v->vcpu_fd = -1;
@@ -146,8 +145,7 @@ struct sv_vm *sv_setup(const uint8_t *image, uint64_t mem_size, int backend, int
         memcpy(v->sets[i], sets[i], (size_t)lens[i]);
         v->set_len[i] = lens[i];
     }
-    v->bitmap_words = (mem_size / PAGE + 63) / 64;
-    if (!(v->bitmap = calloc(v->bitmap_words, 8))) goto fail;
+    if (!(v->bitmap = calloc((mem_size / PAGE + 63) / 64, 8))) goto fail;
 
     if ((v->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)) < 0) goto fail;
     if ((v->vm_fd = ioctl(v->kvm_fd, KVM_CREATE_VM, 0)) < 0) goto fail;
@@ -167,17 +165,8 @@ struct sv_vm *sv_setup(const uint8_t *image, uint64_t mem_size, int backend, int
     memcpy(v->mem, image, mem_size);
     memcpy(v->saved, image, mem_size);
 
-    memset(&region, 0, sizeof region);
-    region.flags = KVM_MEM_LOG_DIRTY_PAGES;
-    region.memory_size = mem_size;
-    region.userspace_addr = (uint64_t)(uintptr_t)v->mem;
-    if (ioctl(v->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) goto fail;
-
-    if ((v->vcpu_fd = ioctl(v->vm_fd, KVM_CREATE_VCPU, 0)) < 0) goto fail;
-    if ((r = ioctl(v->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0)) < 0) goto fail;
-    v->run_size = (size_t)r;
-    v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu_fd, 0);
-    if (v->run == MAP_FAILED) goto fail;
+    if (rk_add_slot_and_vcpu(v->kvm_fd, v->vm_fd, v->mem, mem_size, KVM_MEM_LOG_DIRTY_PAGES,
+                             &v->vcpu_fd, &v->run, &v->run_size) < 0) goto fail;
     if (backend == BACKEND_DIRTY_RING) {
         v->ring = mmap(NULL, (size_t)v->ring_entries * sizeof *v->ring, PROT_READ | PROT_WRITE, MAP_SHARED,
                        v->vcpu_fd, (off_t)KVM_DIRTY_LOG_PAGE_OFFSET * PAGE);
@@ -231,30 +220,7 @@ static int restore_dirty_pages(struct sv_vm *v)
         return n;
     }
 
-    struct kvm_dirty_log log;
-    memset(&log, 0, sizeof log);
-    log.slot = 0;
-    log.dirty_bitmap = v->bitmap;
-    if (ioctl(v->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) return -1;
-    for (size_t w = 0; w < v->bitmap_words; w++) {
-        uint64_t bits = v->bitmap[w];
-        while (bits) {
-            copy_page(v, w * 64 + (uint64_t)__builtin_ctzll(bits));
-            bits &= bits - 1;
-            n++;
-        }
-    }
-    if (v->backend == BACKEND_MANUAL_PROTECT && n > 0) {
-        /* Re-arm write protection for exactly the pages reported. */
-        struct kvm_clear_dirty_log clear;
-        memset(&clear, 0, sizeof clear);
-        clear.slot = 0;
-        clear.first_page = 0;
-        clear.num_pages = (uint32_t)(v->mem_size / PAGE);
-        clear.dirty_bitmap = v->bitmap;
-        if (ioctl(v->vm_fd, KVM_CLEAR_DIRTY_LOG, &clear) < 0) return -1;
-    }
-    return n;
+    return rk_restore_dirty_log(v->vm_fd, v->bitmap, v->mem, v->saved, v->mem_size, v->backend == BACKEND_MANUAL_PROTECT);
 }
 
 /* Puts the VM back into the snapshot's state (see the top). Returns the number of pages copied,
