@@ -68,8 +68,14 @@ public sealed class EventFd : IDisposable
         value = 0;
         if (Libc.read(fd.Number, ref value, 8) == 8)
         {
-            // The count may be Dispose's wake-up: a read racing with disposal reports the disposal.
-            if (Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException(nameof(EventFd));
+            // The count may be Dispose's wake-up: a read racing with disposal puts it back, so that
+            // every other waiter still wakes (one not yet in poll would otherwise block for ever),
+            // and reports the disposal.
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                _ = Libc.write(fd.Number, in value, 8);
+                throw new ObjectDisposedException(nameof(EventFd));
+            }
             return true;
         }
         int errno = Marshal.GetLastPInvokeError();

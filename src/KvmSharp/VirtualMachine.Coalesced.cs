@@ -6,6 +6,9 @@ namespace KvmSharp;
 // Coalesced MMIO and PIO: guest writes KVM queues in a ring instead of exiting for each.
 public sealed partial class VirtualMachine
 {
+    // The ring's layout, from the structs the layout tests check (computed once: draining runs at every exit).
+    private static readonly int RingHeaderSize = Marshal.SizeOf<kvm_coalesced_mmio_ring>(), RingEntrySize = Marshal.SizeOf<kvm_coalesced_mmio>(),
+        RingDataOffset = (int)Marshal.OffsetOf<kvm_coalesced_mmio>(nameof(kvm_coalesced_mmio.data));
     private readonly Lock _coalescedLock = new();
     private int _coalescedRingOffset = -1; // byte offset of the ring in a vCPU mapping; -1 until known
     private bool _coalescedUsed;           // a zone was ever added: exits drain the ring
@@ -54,11 +57,7 @@ public sealed partial class VirtualMachine
     {
         ArgumentOutOfRangeException.ThrowIfZero(size);
         if (address + size < address) throw new ArgumentOutOfRangeException(nameof(address), $"0x{address:X} + 0x{size:X} wraps around.");
-        if (isPio)
-        {
-            Kvm.RequireArch(KvmArchitecture.X86_64, nameof(AddCoalescedMmio) + " with isPio");
-            if (address + size > 0x10000) throw new ArgumentOutOfRangeException(nameof(address), $"Ports 0x{address:X}–0x{address + size - 1:X} pass 0xFFFF.");
-        }
+        if (isPio) RequirePorts(address, size, nameof(AddCoalescedMmio));
     }
 
     private void Zone(KvmIoctl ioctl, ulong address, uint size, bool isPio)
@@ -74,10 +73,8 @@ public sealed partial class VirtualMachine
     internal int DrainCoalesced(Span<byte> mapping, CoalescedWriteHandler handler)
     {
         if (!UsesCoalescedWrites) return 0;
-        int header = Marshal.SizeOf<kvm_coalesced_mmio_ring>(), size = Marshal.SizeOf<kvm_coalesced_mmio>();
-        int dataOffset = (int)Marshal.OffsetOf<kvm_coalesced_mmio>(nameof(kvm_coalesced_mmio.data));
         int pageSize = Environment.SystemPageSize;
-        uint max = (uint)((pageSize - header) / size);
+        uint max = (uint)((pageSize - RingHeaderSize) / RingEntrySize);
         lock (_coalescedLock)
         {
             if (_coalescedRingOffset < 0 || _coalescedRingOffset + pageSize > mapping.Length)
@@ -93,10 +90,10 @@ public sealed partial class VirtualMachine
                 if (first == last) return drained;
                 if (first >= max || last >= max)
                     throw new InvalidOperationException($"The coalesced ring is corrupt (first {first}, last {last}, {max} entries).");
-                var entry = ring.Slice(header + (int)first * size, size);
+                var entry = ring.Slice(RingHeaderSize + (int)first * RingEntrySize, RingEntrySize);
                 ref readonly var e = ref MemoryMarshal.AsRef<kvm_coalesced_mmio>(entry);
                 int length = (int)Math.Min(e.len, 8u);
-                handler(e.phys_addr, entry.Slice(dataOffset, length), e.pio != 0);
+                handler(e.phys_addr, entry.Slice(RingDataOffset, length), e.pio != 0);
                 Volatile.Write(ref head.first, (first + 1) % max);
                 drained++;
             }

@@ -64,9 +64,7 @@ public sealed partial class VirtualMachine
         ArgumentNullException.ThrowIfNull(eventFd);
         if (length is not (0 or 1 or 2 or 4 or 8))
             throw new ArgumentOutOfRangeException(nameof(length), length, "An ioeventfd matches writes of 1, 2, 4 or 8 bytes, or of any size (0, MMIO only).");
-        if (isPio) Kvm.RequireArch(KvmArchitecture.X86_64, nameof(AddIoEventFd) + " with isPio");
-        if (isPio && (length == 0 || address > 0xFFFF || address + (ulong)length > 0x10000))
-            throw new ArgumentOutOfRangeException(nameof(address), $"An I/O-port ioeventfd needs a length and ports inside 0–0xFFFF (port 0x{address:X}, length {length}).");
+        if (isPio) RequirePorts(address, (ulong)length, nameof(AddIoEventFd));
         if (address + (ulong)length < address)
             throw new ArgumentOutOfRangeException(nameof(address), $"0x{address:X} + {length} bytes wraps around.");
         if (dataMatch is ulong match && (length == 0 || (length < 8 && match >> (8 * length) != 0)))
@@ -91,6 +89,17 @@ public sealed partial class VirtualMachine
         string what = $"{(assign ? "adding" : "removing")} {(isPio ? "port" : "MMIO")} 0x{address:X}, length {length}"
             + (dataMatch is ulong m ? $", data match 0x{m:X}" : ", any data");
         Kernel.IoctlSet(Fd, KvmIoctls.KVM_IOEVENTFD, args, what);
+    }
+
+    /// <summary>
+    /// For a port-I/O registration: the VM is x86 and <paramref name="length"/> (at least 1) ports from
+    /// <paramref name="first"/> lie inside 0–0xFFFF.
+    /// </summary>
+    private void RequirePorts(ulong first, ulong length, string member)
+    {
+        Kvm.RequireArch(KvmArchitecture.X86_64, member + " with isPio");
+        if (length == 0 || first > 0xFFFF || length > 0x10000 - first)
+            throw new ArgumentOutOfRangeException("address", $"{member} with isPio needs 1 or more ports inside 0–0xFFFF (port 0x{first:X}, length {length}).");
     }
 
     private void IrqFd(EventFd eventFd, int gsi, bool assign)

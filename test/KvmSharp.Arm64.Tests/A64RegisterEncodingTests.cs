@@ -27,14 +27,14 @@ public class A64RegisterEncodingTests
     {
         uint actual = instruction switch
         {
-            "mrs x0, tpidr_el1" => MrsWord(0, SystemRegister.TpidrEl1),
-            "mrs x5, fpcr" => MrsWord(5, SystemRegister.Fpcr),
-            "mrs x6, fpsr" => MrsWord(6, SystemRegister.Fpsr),
-            "mrs x7, elr_el1" => MrsWord(7, SystemRegister.ElrEl1),
-            "mrs x8, spsr_el1" => MrsWord(8, SystemRegister.SpsrEl1),
-            "mrs x9, sp_el0" => MrsWord(9, SystemRegister.SpEl0),
-            "msr tpidr_el0, x2" => MsrWord(SystemRegister.TpidrEl0, 2),
-            "msr tpidr_el1, x3" => MsrWord(SystemRegister.TpidrEl1, 3),
+            "mrs x0, tpidr_el1" => Mrs(0, TpidrEl1),
+            "mrs x5, fpcr" => Mrs(5, Fpcr),
+            "mrs x6, fpsr" => Mrs(6, Fpsr),
+            "mrs x7, elr_el1" => Mrs(7, ElrEl1),
+            "mrs x8, spsr_el1" => Mrs(8, SpsrEl1),
+            "mrs x9, sp_el0" => Mrs(9, SpEl0),
+            "msr tpidr_el0, x2" => Msr(TpidrEl0, 2),
+            "msr tpidr_el1, x3" => Msr(TpidrEl1, 3),
             "str q3, [sp, #256]" => StrQ(3, Sp, 256),
             "ldr q31, [sp, #1008]" => LdrQ(31, Sp, 1008),
             "str q0, [x1, #16]" => StrQ(0, 1, 16),

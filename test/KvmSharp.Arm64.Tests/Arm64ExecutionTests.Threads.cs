@@ -76,7 +76,7 @@ public partial class Arm64ExecutionTests
     public void RequestExit_FromAnotherThread_EndsASpinningGuestsRun()
     {
         using var vm = _kvm.CreateVirtualMachine();
-        using var vcpu = Boot(vm, Spinner(out ulong spinAt));
+        using var vcpu = Arm64TestVm.Boot(vm, Spinner(out ulong spinAt));
         var kicker = KickWhenRunning(vcpu, TimeSpan.FromMilliseconds(50));
         var reason = vcpu.Run().Reason;
         Wait.Join(kicker, "the kicking thread");
@@ -91,7 +91,7 @@ public partial class Arm64ExecutionTests
     {
         var timeout = TimeSpan.FromMilliseconds(100);
         using var vm = _kvm.CreateVirtualMachine();
-        using var vcpu = Boot(vm, Spinner(out ulong spinAt));
+        using var vcpu = Arm64TestVm.Boot(vm, Spinner(out ulong spinAt));
         for (int i = 0; i < 2; i++) // each run has its own deadline
         {
             var clock = Stopwatch.StartNew();
@@ -106,7 +106,7 @@ public partial class Arm64ExecutionTests
     public void Invoke_FromAnotherThread_RunsOnTheRunLoopThread_WithRegisterAccess()
     {
         using var vm = _kvm.CreateVirtualMachine();
-        using var vcpu = Boot(vm, Spinner(out ulong spinAt));
+        using var vcpu = Arm64TestVm.Boot(vm, Spinner(out ulong spinAt));
         int actionThread = 0;
         ulong pc = 0, x5 = 0;
         bool invoked = false;

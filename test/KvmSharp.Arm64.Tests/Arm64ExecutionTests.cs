@@ -12,8 +12,8 @@ namespace KvmSharp.Arm64.Tests;
 /// </summary>
 public partial class Arm64ExecutionTests
 {
-    private const ulong CodeAddress = 0x1000;
-    private const ulong RamSize = 0x10000;
+    private const ulong CodeAddress = Arm64TestVm.CodeAddress;
+    private const ulong RamSize = Arm64TestVm.RamSize;
     // No slot here: every access is an MMIO exit. 1 GiB aligned, so that the SMP guest's page table
     // can map this whole GiB as Device memory with one block descriptor.
     private const ulong MmioBase = 0x4000_0000;
@@ -43,7 +43,7 @@ public partial class Arm64ExecutionTests
             .Store(8, 5, 1)
             .Store(8, 6, 1, 8)
             .BranchToSelf();
-        using var vcpu = Boot(vm, code);
+        using var vcpu = Arm64TestVm.Boot(vm, code);
         vcpu.Arm64.SetSystemRegister(A64.VbarEl1, Vbar);
 
         ulong esr = ExpectMmioWrite(vcpu, MmioBase);
@@ -64,7 +64,7 @@ public partial class Arm64ExecutionTests
         // KVM_CAP_ARM_NISV_TO_USER, "Data abort outside memslots with no valid syndrome info" and
         // return -ENOSYS, which ends KVM_RUN with that error. Nothing was emulated: the PC stays.
         using var vm = _kvm.CreateVirtualMachine();
-        using var vcpu = Boot(vm, UndecodableLoad(form, out ulong loadAt));
+        using var vcpu = Arm64TestVm.Boot(vm, UndecodableLoad(form, out ulong loadAt));
 
         var refused = Assert.Throws<KvmException>(() => vcpu.Run());
         Assert.That((refused!.Operation, refused.ErrnoName), Is.EqualTo(("KVM_RUN", "ENOSYS")), refused.Message);
@@ -84,7 +84,7 @@ public partial class Arm64ExecutionTests
         Assert.That(_kvm.HasCapability(KvmCapability.ArmNisvToUser), Is.True);
         using var vm = _kvm.CreateVirtualMachine();
         vm.EnableCapability(KvmCapability.ArmNisvToUser);
-        using var vcpu = Boot(vm, UndecodableLoad(form, out ulong loadAt));
+        using var vcpu = Arm64TestVm.Boot(vm, UndecodableLoad(form, out ulong loadAt));
 
         var exit = vcpu.Run();
         Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.ArmNisv), exit.ToString());
@@ -116,7 +116,7 @@ public partial class Arm64ExecutionTests
             .Store(8, 2, 5)           // report x2
             .Store(8, 4, 5, 8)        // report x4
             .BranchToSelf();
-        using var vcpu = Boot(vm, code);
+        using var vcpu = Arm64TestVm.Boot(vm, code);
         var rom = vm.AddMemorySlot(Rom, (ulong)VirtualMachine.PageSize, MemorySlotFlags.ReadOnly);
         rom.Write(Rom + 0x10, Other);
         rom.Write(Rom + 0x18, Old);
@@ -145,7 +145,7 @@ public partial class Arm64ExecutionTests
         var code = new A64().Mov(1, MmioBase).Store(8, 1, 1, 8); // "about to wait": the next run starts at the WFI
         ulong wfiAt = CodeAddress + (ulong)code.Position;
         code.Instruction(A64.Wfi).Store(8, 1, 1).BranchToSelf();
-        using var vcpu = Boot(vm, code);
+        using var vcpu = Arm64TestVm.Boot(vm, code);
         ExpectMmioWrite(vcpu, MmioBase + 8);
 
         VcpuExitReason reason;
@@ -179,16 +179,6 @@ public partial class Arm64ExecutionTests
         return code.Mov(1, MmioBase).Store(8, 1, 1).BranchToSelf();
     }
 
-    /// <summary>A VM with <see cref="RamSize"/> bytes of RAM at 0 holding <paramref name="code"/> at <see cref="CodeAddress"/>, and an initialised vCPU about to run it.</summary>
-    private static Vcpu Boot(VirtualMachine vm, A64 code)
-    {
-        var ram = vm.AddMemorySlot(0, RamSize);
-        ram.Write(CodeAddress, code.ToArray());
-        var vcpu = vm.CreateVcpu();
-        vcpu.Arm64.Initialize();
-        vcpu.Arm64.Pc = CodeAddress;
-        return vcpu;
-    }
 
     /// <summary>Runs <paramref name="vcpu"/> to its next exit, which must be an 8-byte MMIO write to <paramref name="address"/>; returns the data.</summary>
     private static ulong ExpectMmioWrite(Vcpu vcpu, ulong address)

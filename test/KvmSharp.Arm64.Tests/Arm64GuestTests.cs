@@ -10,7 +10,7 @@ namespace KvmSharp.Arm64.Tests;
 /// </summary>
 public class Arm64GuestTests
 {
-    private const ulong CodeAddress = 0x1000;
+    private const ulong CodeAddress = Arm64TestVm.CodeAddress;
     private const ulong MmioBase = 0x1000_0000;   // no slot there: every access is an MMIO exit
     private const uint PsciVersion = 0x8400_0000, PsciSystemOff = 0x8400_0008, PsciSystemReset = 0x8400_0009;
 
@@ -62,7 +62,7 @@ public class Arm64GuestTests
             .Mov(0, 0x1122_3344_5566_7788)
             .Store(8, 0, 1)
             .BranchToSelf();
-        using var vcpu = Boot(vm, code);
+        using var vcpu = Arm64TestVm.Boot(vm, code);
 
         var exit = vcpu.Run();
         Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Mmio), exit.ToString());
@@ -81,7 +81,7 @@ public class Arm64GuestTests
             .Load(4, 2, 1, 0x10)        // w2 <- MMIO (the host answers)
             .Store(8, 2, 1, 0x20)       // MMIO <- x2: shows what landed in x2
             .BranchToSelf();
-        using var vcpu = Boot(vm, code);
+        using var vcpu = Arm64TestVm.Boot(vm, code);
 
         var exit = vcpu.Run();
         Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Mmio), exit.ToString());
@@ -104,7 +104,7 @@ public class Arm64GuestTests
             .Mov(1, MmioBase)
             .Store(8, 0, 1)              // report x0, the PSCI version KVM returned
             .BranchToSelf();
-        using var vcpu = Boot(vm, code);
+        using var vcpu = Arm64TestVm.Boot(vm, code);
 
         var exit = vcpu.Run();
         Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.Mmio), "the HVC did not leave KVM: " + exit.ToString());
@@ -118,21 +118,11 @@ public class Arm64GuestTests
     {
         using var vm = _kvm.CreateVirtualMachine();
         var code = new A64().Mov(0, function).HypervisorCall().BranchToSelf();
-        using var vcpu = Boot(vm, code);
+        using var vcpu = Arm64TestVm.Boot(vm, code);
 
         var exit = vcpu.Run();
         Assert.That(exit.Reason, Is.EqualTo(VcpuExitReason.SystemEvent), exit.ToString());
         Assert.That(exit.SystemEvent.Type, Is.EqualTo(expected));
     }
 
-    /// <summary>A VM with 64 KiB of RAM at 0 holding <paramref name="code"/> at <see cref="CodeAddress"/>, and an initialised vCPU about to run it.</summary>
-    private static Vcpu Boot(VirtualMachine vm, A64 code)
-    {
-        var ram = vm.AddMemorySlot(0, 0x10000);
-        ram.Write(CodeAddress, code.ToArray());
-        var vcpu = vm.CreateVcpu();
-        vcpu.Arm64.Initialize();
-        vcpu.Arm64.Pc = CodeAddress;
-        return vcpu;
-    }
 }

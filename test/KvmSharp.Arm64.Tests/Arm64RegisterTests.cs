@@ -4,7 +4,6 @@ using KvmSharp.Arm64.Tests.Guests;
 using KvmSharp.Interop;
 using KvmSharp.Registers;
 using static KvmSharp.Arm64.Tests.Guests.Arm64TestVm;
-using SysReg = KvmSharp.Arm64.Tests.Guests.A64.SystemRegister;
 
 namespace KvmSharp.Arm64.Tests;
 
@@ -18,7 +17,6 @@ public class Arm64RegisterTests
 {
     private const ulong SaveArea = 0x8000;     // SP_EL1: the guest stores its registers here
     private const int FpBase = 256, MiscBase = 768, LoadBase = 1024;
-    private static readonly ulong CpacrEl1 = Arm64RegisterIds.SystemRegister(3, 0, 1, 0, 2);
     private const ulong FpenNoTraps = 3UL << 20; // CPACR_EL1.FPEN: SIMD&FP at EL1 without a trap (it resets to 0: trapped)
 
     private static ulong XValue(int n) => 0x1000_0000_0000_0000UL + (ulong)(n + 1) * 0x0001_0001_0001_0001UL;
@@ -34,8 +32,8 @@ public class Arm64RegisterTests
         var code = new A64();
         for (int n = 0; n <= 30; n++) code.Store(8, n, A64.Sp, 8 * n);
         for (int n = 0; n < 32; n++) code.StoreQ(n, A64.Sp, FpBase + 16 * n);
-        SysReg[] misc = [SysReg.Fpcr, SysReg.Fpsr, SysReg.ElrEl1, SysReg.SpsrEl1, SysReg.SpEl0];
-        for (int i = 0; i < misc.Length; i++) code.Mrs(0, misc[i]).Store(8, 0, A64.Sp, MiscBase + 8 * i);
+        ulong[] misc = [A64.Fpcr, A64.Fpsr, A64.ElrEl1, A64.SpsrEl1, A64.SpEl0];
+        for (int i = 0; i < misc.Length; i++) code.ReadSystemRegister(0, misc[i]).Store(8, 0, A64.Sp, MiscBase + 8 * i);
         code.Load(8, 0, A64.Sp);
         for (int n = 0; n < 30; n++) code.Add(n, n, n + 1);
         for (int n = 0; n < 32; n++) code.LoadQ(n, A64.Sp, LoadBase + 16 * n);
@@ -45,7 +43,7 @@ public class Arm64RegisterTests
         var arm = t.Arm;
 
         Assert.That(arm.Pstate & 0xF, Is.EqualTo(0x5UL), "KVM_ARM_VCPU_INIT: EL1h");
-        arm.SetSystemRegister(CpacrEl1, FpenNoTraps);
+        arm.SetSystemRegister(A64.CpacrEl1, FpenNoTraps);
         for (int n = 0; n < 30; n++) arm.SetGeneralRegister(n, XValue(n));
         arm.X30 = MmioBase;
         for (int n = 0; n < 32; n++) arm.SetV(n, VValue(n));
@@ -65,7 +63,7 @@ public class Arm64RegisterTests
         for (int n = 0; n < 30; n++) Assert.That(ReadU64(t, 8 * n), Is.EqualTo(XValue(n)), $"X{n} as the guest saw it");
         Assert.That(ReadU64(t, 8 * 30), Is.EqualTo(MmioBase), "X30 as the guest saw it");
         for (int n = 0; n < 32; n++) Assert.That(ReadU128(t, FpBase + 16 * n), Is.EqualTo(VValue(n)), $"V{n} as the guest saw it");
-        for (int i = 0; i < misc.Length; i++) Assert.That(ReadU64(t, MiscBase + 8 * i), Is.EqualTo(miscValues[i]), $"{misc[i]} as the guest saw it");
+        for (int i = 0; i < misc.Length; i++) Assert.That(ReadU64(t, MiscBase + 8 * i), Is.EqualTo(miscValues[i]), $"{Arm64RegisterIds.Name(misc[i])} as the guest saw it");
 
         // What the host reads back: the guest's changes (the cache was forgotten at the exit).
         for (int n = 0; n < 30; n++) Assert.That(arm.GetGeneralRegister(n), Is.EqualTo(XValue(n) + (ulong)n + 1), $"X{n} after the guest's ADD");
@@ -78,10 +76,10 @@ public class Arm64RegisterTests
     [Test]
     public void SystemRegisters_FromTheRegisterList_ReachTheGuest_AndComeBack()
     {
-        ulong tpidrEl1 = Arm64RegisterIds.SystemRegister(3, 0, 13, 0, 4), tpidrEl0 = Arm64RegisterIds.SystemRegister(3, 3, 13, 0, 2);
+        ulong tpidrEl1 = A64.TpidrEl1, tpidrEl0 = A64.TpidrEl0;
         var code = new A64()
-            .Mrs(0, SysReg.TpidrEl1)
-            .Msr(SysReg.TpidrEl0, 2)
+            .ReadSystemRegister(0, tpidrEl1)
+            .WriteSystemRegister(tpidrEl0, 2)
             .Store(8, 0, 1)           // MMIO <- TPIDR_EL1 as the guest reads it
             .BranchToSelf();
         using var t = new Arm64TestVm(code);

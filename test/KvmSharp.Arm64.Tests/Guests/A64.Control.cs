@@ -23,6 +23,13 @@ internal sealed partial class A64
     public static readonly ulong EsrEl1 = Arm64RegisterIds.SystemRegister(3, 0, 5, 2, 0);
     public static readonly ulong MairEl1 = Arm64RegisterIds.SystemRegister(3, 0, 10, 2, 0);
     public static readonly ulong VbarEl1 = Arm64RegisterIds.SystemRegister(3, 0, 12, 0, 0);
+    public static readonly ulong CpacrEl1 = Arm64RegisterIds.SystemRegister(3, 0, 1, 0, 2);
+    public static readonly ulong SpsrEl1 = Arm64RegisterIds.SystemRegister(3, 0, 4, 0, 0); // a core register for KVM; here only its encoding
+    public static readonly ulong SpEl0 = Arm64RegisterIds.SystemRegister(3, 0, 4, 1, 0);   // likewise
+    public static readonly ulong Fpcr = Arm64RegisterIds.SystemRegister(3, 3, 4, 4, 0); // likewise
+    public static readonly ulong Fpsr = Arm64RegisterIds.SystemRegister(3, 3, 4, 4, 1); // likewise
+    public static readonly ulong TpidrEl0 = Arm64RegisterIds.SystemRegister(3, 3, 13, 0, 2);
+    public static readonly ulong TpidrEl1 = Arm64RegisterIds.SystemRegister(3, 0, 13, 0, 4);
 
     /// <summary>ISB: instruction synchronization barrier.</summary>
     public const uint Isb = 0xD5033FDF;

@@ -27,12 +27,31 @@ internal sealed class Arm64TestVm : IDisposable
         Kernel = countIoctls ? new RecordingKernel() : null;
         Kvm = Kernel is null ? Kvm.Open() : Kvm.Open(Kernel, Kvm.DefaultDevicePath, KvmArchitecture.Arm64);
         Vm = Kvm.CreateVirtualMachine();
-        Ram = Vm.AddMemorySlot(0, RamSize);
-        Ram.Write(CodeAddress, code.ToArray());
+        Ram = AddRam(Vm, code);
         beforeVcpu?.Invoke(Vm);
-        Cpu = Vm.CreateVcpu();
-        Cpu.Arm64.Initialize(powerOff);
-        Cpu.Arm64.Pc = CodeAddress;
+        Cpu = StartVcpu(Vm, powerOff);
+    }
+
+    /// <summary>In <paramref name="vm"/>: <see cref="RamSize"/> bytes of RAM at 0 holding <paramref name="code"/> at <see cref="CodeAddress"/>, and an initialised vCPU about to run it.</summary>
+    public static Vcpu Boot(VirtualMachine vm, A64 code)
+    {
+        AddRam(vm, code);
+        return StartVcpu(vm, powerOff: false);
+    }
+
+    private static MemorySlot AddRam(VirtualMachine vm, A64 code)
+    {
+        var ram = vm.AddMemorySlot(0, RamSize);
+        ram.Write(CodeAddress, code.ToArray());
+        return ram;
+    }
+
+    private static Vcpu StartVcpu(VirtualMachine vm, bool powerOff)
+    {
+        var vcpu = vm.CreateVcpu();
+        vcpu.Arm64.Initialize(powerOff);
+        vcpu.Arm64.Pc = CodeAddress;
+        return vcpu;
     }
 
     /// <summary>Runs to the next exit and requires it to be an MMIO exit (a guest that never exits fails after a minute instead of hanging the suite).</summary>
