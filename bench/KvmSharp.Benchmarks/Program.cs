@@ -30,7 +30,10 @@ namespace KvmSharp.Benchmarks;
 /// <c>--restore-table [ROUNDS] [--sizes …] [--pages …] [--ways …]</c>: the full restore grid,
 /// interleaved, medians (see <see cref="RestoreTable"/>); <c>--kick-latency [N]</c>: RequestExit
 /// to Run returning, KvmSharp and raw C (see <see cref="KickLatency"/>); <c>--fuzz-rate [SECONDS]
-/// [WORKERS…]</c>: execs/s of the FuzzHarness loop (see <see cref="FuzzRate"/>).
+/// [WORKERS…]</c>: execs/s of the FuzzHarness loop (see <see cref="FuzzRate"/>); <c>--linux-boot
+/// [ROUNDS]</c>: a stock kernel to its init, KvmSharp vs QEMU -accel kvm (see <see cref="LinuxBoot"/>);
+/// <c>--ioeventfd [ROUNDS]</c>: a guest notification through an ioeventfd vs a PIO exit handled in
+/// user space (see <see cref="IoEventFdBenchmark"/>).
 /// </para>
 /// <para>
 /// <c>--arch arm64</c> (first) benchmarks arm64 KVM: from an x86_64 host it cross-compiles the
@@ -69,6 +72,10 @@ public static class Program
             return FuzzRate.Run(args[1..]);
         if (args is ["--restore-table", ..])
             return RestoreTable.Run(args[1..]);
+        if (args is ["--linux-boot", ..])
+            return LinuxBoot.Run(args[1..]);
+        if (args is ["--ioeventfd", ..])
+            return IoEventFdBenchmark.Run(args[1..]);
         if (args is ["--interleaved", ..])
             return Interleaved(args[1..]);
 

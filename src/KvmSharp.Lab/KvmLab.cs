@@ -43,6 +43,20 @@ public static class KvmLab
     }
 
     /// <summary>
+    /// Provisions a stock kernel and a static busybox for a guest of <see cref="LabOptions.Architecture"/>
+    /// — the same files, downloaded from Debian's packages and cached the same way, that lab machines
+    /// boot with — without starting anything. Offline once cached; inside a lab machine the host's
+    /// cache is used.
+    /// </summary>
+    /// <param name="options">Architecture, cache folder and an optional own kernel (<see cref="LabOptions.Kernel"/>); defaults when null.</param>
+    /// <exception cref="LabProvisioningException">A file is missing and cannot be provisioned here (no apt, not root, no network); the message says how to get it.</exception>
+    public static LabGuestImages ProvisionGuestImages(LabOptions? options = null)
+    {
+        options ??= new LabOptions();
+        return new Provisioning.Provisioner(options, options.Architecture).EnsureGuestImages();
+    }
+
+    /// <summary>
     /// Runs <paramref name="command"/> on a real KVM of <see cref="LabOptions.Architecture"/> and
     /// returns how it ended. Natively (starting no QEMU) when the mode allows it, the architecture
     /// is this process's and <c>/dev/kvm</c> works; otherwise in a fresh lab machine, provisioned

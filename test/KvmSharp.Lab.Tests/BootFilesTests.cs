@@ -40,6 +40,28 @@ public class BootFilesTests
         Assert.That(entries[1].Data, Is.EqualTo("hi!\n"u8.ToArray()));
     }
 
+    [Test]
+    public void InitramfsBuilder_WritesTheEntriesAndATrailer_AndRefusesBadPaths()
+    {
+        var builder = new InitramfsBuilder().AddDirectory("bin").AddFile("init", "#!/bin/sh\n"u8, executable: true).AddSymlink("bin/sh", "/bin/busybox");
+        byte[] first = builder.ToArray();
+        string text = Encoding.ASCII.GetString(first);
+        Assert.That(text.IndexOf("bin\0", StringComparison.Ordinal), Is.LessThan(text.IndexOf("init\0", StringComparison.Ordinal)), "in the order added");
+        Assert.That(text, Does.Contain("#!/bin/sh\n").And.Contain("/bin/busybox"));
+        Assert.That(text.TrimEnd('\0'), Does.EndWith("TRAILER!!!"));
+        Assert.That(first.Length % 4, Is.Zero);
+        builder.AddFile("more", "x"u8);
+        byte[] second = builder.ToArray();
+        Assert.That(Encoding.ASCII.GetString(second), Does.Contain("more\0"), "the builder goes on after ToArray");
+        Assert.That(Encoding.ASCII.GetString(second).Split("TRAILER!!!").Length, Is.EqualTo(2), "one trailer");
+
+        Assert.Throws<ArgumentException>(() => builder.AddFile("/abs", "x"u8));
+        Assert.Throws<ArgumentException>(() => builder.AddFile("a/../b", "x"u8));
+        Assert.Throws<ArgumentException>(() => builder.AddFile("a//b", "x"u8));
+        var ex = Assert.Throws<ArgumentException>(() => builder.AddDirectory("bin"));
+        Assert.That(ex!.Message, Does.Contain("'bin' was added already"));
+    }
+
     [TestCase("plain", "'plain'")]
     [TestCase("it's", "'it'\\''s'")]
     [TestCase("$HOME `x` \"q\"", "'$HOME `x` \"q\"'")]

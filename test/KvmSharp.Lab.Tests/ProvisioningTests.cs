@@ -95,6 +95,35 @@ public class ProvisioningTests
     }
 
     [Test]
+    public void ProvisionGuestImages_UsesTheCachedKernelAndBusybox_WithoutQemu()
+    {
+        // A cache as provisioning leaves it, and no QEMU on the search path: guest images need none.
+        string arch = Path.Combine(_dir, "cache", "x86_64");
+        string kernel = Path.Combine(arch, "kernel-6.1.0-99-amd64");
+        Directory.CreateDirectory(Path.Combine(kernel, "modules"));
+        File.WriteAllText(Path.Combine(kernel, "vmlinuz"), "kernel");
+        File.WriteAllText(Path.Combine(kernel, "complete"), "");
+        File.WriteAllText(Path.Combine(arch, "busybox"), "busybox");
+        Directory.CreateDirectory(Path.Combine(_dir, "bin"));
+
+        var images = KvmLab.ProvisionGuestImages(Options(mayInstall: false));
+        Assert.That(images, Is.EqualTo(new LabGuestImages(LabArchitecture.X86_64, Path.Combine(kernel, "vmlinuz"), Path.Combine(arch, "busybox"))));
+        Assert.That(File.Exists(Path.Combine(_dir, "cache", ".lock")), Is.True, "under the cache lock, like every provisioning");
+    }
+
+    [Test]
+    public void ProvisionGuestImages_OwnKernelThatIsMissing_IsNamed()
+    {
+        var options = new LabOptions
+        {
+            Architecture = LabArchitecture.X86_64, CacheDirectory = Path.Combine(_dir, "cache"), SearchPath = Path.Combine(_dir, "bin"),
+            MayInstall = false, Log = TextWriter.Null, Kernel = new LabKernel(Path.Combine(_dir, "no-such-bzImage")),
+        };
+        var ex = Assert.Throws<LabProvisioningException>(() => KvmLab.ProvisionGuestImages(options));
+        Assert.That(ex!.Message, Does.Contain("no-such-bzImage").And.Contain("does not exist"));
+    }
+
+    [Test]
     public async Task EmptyCommand_IsRefusedBeforeAnythingStarts()
     {
         await Assert.ThrowsAsync<ArgumentException>(() => KvmLab.RunAsync([], new LabOptions { Log = TextWriter.Null }));

@@ -52,6 +52,21 @@ internal sealed class Provisioner
         return new LabAssets(qemu, image, modules, busybox, applets);
     }
 
+    /// <summary>
+    /// Provisions only what a guest of the machine's architecture boots with — the kernel image
+    /// (<see cref="LabOptions.Kernel"/> or Debian's) and the static busybox — and returns their paths.
+    /// </summary>
+    /// <exception cref="LabProvisioningException">Something is missing and cannot be provisioned here.</exception>
+    public LabGuestImages EnsureGuestImages()
+    {
+        using var cacheLock = CacheLock.Acquire(_options.CacheDirectory, _log, TimeSpan.FromMinutes(20));
+        Directory.CreateDirectory(_archDirectory);
+        // A guest loads no modules from here: only the image is needed.
+        string image = _options.Kernel is { } custom ? CustomKernel(custom with { ModulesDirectory = null }).Image
+            : Path.Combine(EnsureDebianKernelDirectory(), "vmlinuz");
+        return new LabGuestImages(_arch, image, EnsureBusybox());
+    }
+
     private string EnsureQemu()
     {
         if (Programs.Find(QemuProgram, _options.SearchPath) is { } found)
@@ -110,14 +125,19 @@ internal sealed class Provisioner
     /// </summary>
     private (string Image, IReadOnlyList<KernelModules.Module> Modules) EnsureDebianKernel()
     {
+        string cached = EnsureDebianKernelDirectory();
+        string modulesDir = Path.Combine(cached, "modules");
+        return (Path.Combine(cached, "vmlinuz"), KernelModules.Resolve(modulesDir, KernelModules.Wanted(_arch)));
+    }
+
+    /// <summary>The cached Debian kernel's folder (<c>kernel-&lt;release&gt;/</c>), downloaded first if there is none.</summary>
+    private string EnsureDebianKernelDirectory()
+    {
         var cached = Directory.EnumerateDirectories(_archDirectory, "kernel-*")
             .Where(d => File.Exists(Path.Combine(d, "vmlinuz")) && File.Exists(Path.Combine(d, "complete")))
             .OrderByDescending(d => d, StringComparer.Ordinal)
             .FirstOrDefault();
-        if (cached is null)
-            cached = DownloadDebianKernel();
-        string modulesDir = Path.Combine(cached, "modules");
-        return (Path.Combine(cached, "vmlinuz"), KernelModules.Resolve(modulesDir, KernelModules.Wanted(_arch)));
+        return cached ?? DownloadDebianKernel();
     }
 
     private string DownloadDebianKernel()

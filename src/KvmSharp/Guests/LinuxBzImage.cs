@@ -50,8 +50,11 @@ public sealed class LinuxBzImage
     /// <summary>The protected-mode kernel: what is loaded at <see cref="PreferredAddress"/>.</summary>
     public ReadOnlyMemory<byte> Kernel => _image[SetupBytes..];
 
-    /// <summary>The setup header's bytes as the file has them (0x1F1 up to the end of the fields this class knows), to copy into the zero page.</summary>
-    public ReadOnlyMemory<byte> SetupHeader => _image[SetupSectsOffset..HeaderEnd];
+    /// <summary>
+    /// The setup header's bytes as the file has them, from 0x1F1 to its end as the header's own jump
+    /// says (0x202 + the byte at 0x201), to copy into the zero page at the same offset.
+    /// </summary>
+    public ReadOnlyMemory<byte> SetupHeader => _image[SetupSectsOffset..Math.Max(HeaderEnd, Math.Min(0x202 + _image.Span[0x201], _image.Length))];
 
     /// <summary>The highest address an initrd's last byte may have (<c>initrd_addr_max</c>).</summary>
     public uint InitrdAddressMax { get; }

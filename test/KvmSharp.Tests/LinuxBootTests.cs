@@ -1,0 +1,155 @@
+using KvmSharp.Devices;
+using KvmSharp.Guests;
+using KvmSharp.Tests.Guests;
+
+namespace KvmSharp.Tests;
+
+/// <summary>
+/// A stock Linux kernel (Debian's 6.1, the lab's) booted on stock KVM with <see cref="X86LinuxBoot"/>,
+/// the in-kernel irqchip and PIT, a <see cref="Uart16550"/> console on IRQ 4 and a
+/// <see cref="ResetDevice"/>: to a busybox init, commands run through the UART both ways, the reboot
+/// that ends the run, and a snapshot of the booted guest restored with its shell still answering.
+/// </summary>
+public class LinuxBootTests : KvmTestBase
+{
+    [Test]
+    public void BootsToInit_RunsCommandsOverTheUart_AndItsRebootEndsTheRun()
+    {
+        using var g = new LinuxTestGuest(Kvm);
+        string boot = g.WaitForInit();
+        Assert.That(boot, Does.Contain($"{LinuxTestGuest.InitMarker} {LinuxTestGuest.KernelRelease}"), "init ran, on the kernel that was loaded");
+        Assert.That(boot, Does.Contain("Hypervisor detected: KVM"), "CPUID has the KVM signature leaf");
+        Assert.That(boot, Does.Contain($"Command line: {LinuxTestGuest.CommandLine}"), "the kernel read the command line from the zero page");
+
+        var (uname, status) = g.Run("uname -r");
+        Assert.That((uname.Trim(), status), Is.EqualTo((LinuxTestGuest.KernelRelease, 0)));
+
+        // The UART's interrupts reach the guest through the in-kernel PIC: the line this command
+        // arrived on was received on IRQ 4.
+        var (interrupts, _) = g.Run("cat /proc/interrupts");
+        var serial = interrupts.Split('\n').FirstOrDefault(l => l.Contains("ttyS0"));
+        Assert.That(serial, Is.Not.Null, interrupts);
+        Assert.That(serial!.TrimStart(), Does.StartWith("4:"), "ttyS0 on IRQ 4");
+        Assert.That(long.Parse(serial.Split(':', 2)[1].Trim().Split(' ')[0]), Is.GreaterThan(0), "IRQ 4 was delivered");
+
+        // Both ways: the guest reads a line the host typed and answers with it transformed.
+        var (echo, echoStatus) = g.Run("read -r x; echo \"got:$x\" | tr a-z A-Z", input: "hello uart");
+        Assert.That((echo.Trim(), echoStatus), Is.EqualTo(("GOT:HELLO UART", 0)));
+
+        var (memory, _) = g.Run("grep MemTotal /proc/meminfo");
+        Assert.That(memory, Does.Match(@"MemTotal:\s+2[0-9]{5} kB"), "about 256 MiB from the e820 map");
+        var (clock, _) = g.Run("cat /sys/devices/system/clocksource/clocksource0/current_clocksource");
+        Assert.That(clock.Trim(), Is.EqualTo("kvm-clock"), "the guest uses KVM's paravirtual clock");
+
+        g.Send("reboot -f\n");
+        var end = g.WaitForEnd(TimeSpan.FromMinutes(1));
+        Assert.That((end.Reason, end.Address), Is.EqualTo((RunStopReason.GuestReset, (ulong)ResetDevice.KeyboardControllerPort)), "reboot=k: the keyboard controller's reset");
+        Assert.That(g.Reset.ResetCount, Is.GreaterThanOrEqualTo(1));
+    }
+
+    [Test]
+    public void SnapshotOfABootedGuest_RestoredShellStillAnswers()
+    {
+        using var g = new LinuxTestGuest(Kvm);
+        g.WaitForInit();
+        Assert.That(g.Run("echo before"), Is.EqualTo(("before\n", 0)));
+        g.Thread.Pause();
+        var snapshot = g.Vm.CreateSnapshot();
+        g.Thread.Resume();
+
+        Assert.That(g.Run("echo changed > /marker; cat /marker"), Is.EqualTo(("changed\n", 0)), "the guest moves on after the snapshot");
+        for (int round = 1; round <= 2; round++)
+        {
+            g.Thread.Pause();
+            g.Vm.Restore(snapshot);
+            g.Thread.Resume();
+            var (output, status) = g.Run($"cat /marker 2>/dev/null || echo no marker; echo round {round}");
+            Assert.That((output, status), Is.EqualTo(($"no marker\nround {round}\n", 0)), $"restore {round}: the shell answers, in the state of the snapshot");
+        }
+    }
+
+    [Test]
+    public void Load_WritesTheZeroPageAndE820Map_AndPointsTheVcpuAtTheEntry()
+    {
+        using var vm = Kvm.CreateVirtualMachine();
+        vm.CreateIrqChip();
+        var low = vm.AddMemorySlot(0, 0x10_0000);                    // 0..1 MiB
+        vm.AddMemorySlot(0xF000_0000, 0x10_0000, MemorySlotFlags.ReadOnly);    // a "ROM" at 0xF000_0000
+        vm.AddMemorySlot(0x10_0000, 128 << 20);                      // 1..129 MiB (the kernel needs 16..80 MiB)
+        using var cpu = vm.CreateVcpu();
+        var kernel = LinuxBzImage.Parse(File.ReadAllBytes(LinuxTestGuest.Images.KernelImage));
+        byte[] initrd = new byte[0x12345];
+        initrd[0] = 0xAB;
+        var layout = X86LinuxBoot.Load(cpu, kernel, new LinuxBootOptions { CommandLine = "console=ttyS0 hello", Initrd = initrd });
+
+        Assert.That(layout.MemoryMap, Is.EqualTo(new[]
+        {
+            new E820Entry(0, 0x9FC00, E820Entry.Ram),
+            new E820Entry(0x10_0000, 128 << 20, E820Entry.Ram),
+            new E820Entry(0xF000_0000, 0x10_0000, E820Entry.Reserved),
+        }), "RAM below the legacy hole and above 1 MiB, merged across slots; the read-only slot reserved");
+        Assert.That((layout.KernelAddress, layout.EntryPoint), Is.EqualTo((kernel.PreferredAddress, kernel.PreferredAddress + 0x200)));
+        Assert.That(layout.InitrdAddress % 0x1000, Is.Zero);
+        Assert.That(layout.InitrdAddress + layout.InitrdSize, Is.LessThanOrEqualTo(0x10_0000UL + (128 << 20)).And.GreaterThan(0x10_0000UL + (128 << 20) - 0x1000), "as high as RAM allows");
+        Assert.That(layout.InitrdAddress, Is.GreaterThanOrEqualTo(layout.KernelAddress + kernel.InitSize), "above the kernel's decompression area");
+        Assert.That(vm.GetGuestSpan(layout.InitrdAddress, 1)[0], Is.EqualTo(0xAB));
+
+        ulong zp = layout.ZeroPage;
+        Assert.That(low.Read<byte>(zp + 0x1E8), Is.EqualTo(3), "e820_entries");
+        Assert.That((low.Read<ulong>(zp + 0x2D0 + 20), low.Read<ulong>(zp + 0x2D0 + 28), low.Read<uint>(zp + 0x2D0 + 36)),
+            Is.EqualTo((0x10_0000UL, 128UL << 20, E820Entry.Ram)), "the second e820 entry as struct boot_e820_entry");
+        Assert.That(low.Read<uint>(zp + 0x202), Is.EqualTo(0x53726448u), "the setup header was copied (HdrS)");
+        Assert.That(low.Read<byte>(zp + 0x210), Is.EqualTo(0xFF), "type_of_loader");
+        Assert.That((low.Read<uint>(zp + 0x218), low.Read<uint>(zp + 0x21C)), Is.EqualTo(((uint)layout.InitrdAddress, (uint)initrd.Length)), "ramdisk_image, ramdisk_size");
+        uint cmdline = low.Read<uint>(zp + 0x228);
+        Assert.That(System.Text.Encoding.ASCII.GetString(low.GetGuestSpan(cmdline, 20)), Is.EqualTo("console=ttyS0 hello\0"));
+        Assert.That(vm.GetGuestSpan(layout.KernelAddress, 16).ToArray(), Is.EqualTo(kernel.Kernel.Span[..16].ToArray()));
+
+        var regs = cpu.X86;
+        Assert.That((regs.Rip, regs.Rsi, regs.Rflags & 0x200), Is.EqualTo((layout.EntryPoint, zp, 0UL)), "entry, RSI = zero page, interrupts off");
+        var s = regs.SpecialRegisters;
+        Assert.That((s.Cs.Selector, s.Cs.L, s.Ds.Selector, s.Efer & 0x500), Is.EqualTo(((ushort)0x10, (byte)1, (ushort)0x18, 0x500UL)), "64-bit __BOOT_CS, __BOOT_DS, long mode active");
+        Assert.That(low.Read<ulong>(s.Cr3) & 1, Is.EqualTo(1UL), "the PML4 at CR3 is present");
+        var exit = cpu.Run(TimeSpan.FromSeconds(30)).Reason;
+        Assert.That(exit, Is.AnyOf(VcpuExitReason.Io, VcpuExitReason.Mmio, VcpuExitReason.Interrupted), "KVM accepts the state and runs the kernel (until its first port access, or the time limit)");
+    }
+
+    [Test]
+    public void Load_RefusesWhatCannotBoot_NamingTheProblem()
+    {
+        var kernel = LinuxBzImage.Parse(File.ReadAllBytes(LinuxTestGuest.Images.KernelImage));
+        using (var vm = Kvm.CreateVirtualMachine())
+        {
+            vm.AddMemorySlot(0, 64 << 20);
+            using var cpu = vm.CreateVcpu();
+            var ex = Assert.Throws<InvalidOperationException>(() => X86LinuxBoot.Load(cpu, kernel));
+            Assert.That(ex!.Message, Does.Contain("CreateIrqChip"));
+        }
+        using (var vm = Kvm.CreateVirtualMachine())
+        {
+            vm.CreateIrqChip();
+            vm.AddMemorySlot(0, 8 << 20);                                 // ends below the kernel's 16 MiB
+            using var cpu = vm.CreateVcpu();
+            var ex = Assert.Throws<ArgumentException>(() => X86LinuxBoot.Load(cpu, kernel));
+            Assert.That(ex!.Message, Does.Contain("0x1000000").And.Contain("the kernel").And.Contain("0x100000..0x800000"));
+        }
+        using (var vm = Kvm.CreateVirtualMachine())
+        {
+            vm.CreateIrqChip();
+            vm.AddMemorySlot(0, 96 << 20);                                // the kernel needs 16..80 MiB: 16 MiB above it
+            using var cpu = vm.CreateVcpu();
+            var tooBig = new LinuxBootOptions { Initrd = new byte[24 << 20] };
+            var ex = Assert.Throws<ArgumentException>(() => X86LinuxBoot.Load(cpu, kernel, tooBig));
+            Assert.That(ex!.Message, Does.Contain("initrd").And.Contain("does not fit"));
+            var tooLong = new LinuxBootOptions { CommandLine = new string('x', (int)kernel.CommandLineSize + 1) };
+            ex = Assert.Throws<ArgumentException>(() => X86LinuxBoot.Load(cpu, kernel, tooLong));
+            Assert.That(ex!.Message, Does.Contain("cmdline_size").And.Contain(kernel.CommandLineSize.ToString()));
+            ex = Assert.Throws<ArgumentException>(() => X86LinuxBoot.Load(cpu, kernel, new LinuxBootOptions { CommandLine = "a\nb" }));
+            Assert.That(ex!.Message, Does.Contain("printable ASCII"));
+            ex = Assert.Throws<ArgumentException>(() => X86LinuxBoot.Load(cpu, kernel, new LinuxBootOptions { KernelAddress = 0x30_1000 }));
+            Assert.That(ex!.Message, Does.Contain("alignment"));
+            var fits = X86LinuxBoot.Load(cpu, kernel, new LinuxBootOptions { Initrd = new byte[4 << 20], KernelAddress = 0x20_0000 });
+            Assert.That(fits.KernelAddress, Is.EqualTo(0x20_0000UL), "a relocatable kernel loads at an aligned address of the caller's choice");
+        }
+    }
+}
