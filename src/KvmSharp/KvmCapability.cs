@@ -57,9 +57,9 @@ public enum KvmCapability
     Xsave = 55,
     /// <summary>KVM_CAP_XCRS (x86).</summary>
     Xcrs = 56,
-    /// <summary>KVM_CAP_TSC_CONTROL (x86).</summary>
+    /// <summary>KVM_CAP_TSC_CONTROL (x86): <c>KVM_SET_TSC_KHZ</c> on a vCPU can scale its TSC (nonzero only where the CPU has TSC scaling).</summary>
     TscControl = 60,
-    /// <summary>KVM_CAP_GET_TSC_KHZ (x86).</summary>
+    /// <summary>KVM_CAP_GET_TSC_KHZ (x86): <c>KVM_GET_TSC_KHZ</c> on a vCPU.</summary>
     GetTscKhz = 61,
     /// <summary>KVM_CAP_MAX_VCPUS.</summary>
     MaxVcpus = 66,
@@ -125,6 +125,8 @@ public enum KvmCapability
     /// past an <c>out</c> to port 0x7E before the exit.
     /// </summary>
     DisableQuirks2 = 213,
+    /// <summary>KVM_CAP_VM_TSC_CONTROL (x86): <c>KVM_SET_TSC_KHZ</c> on the VM sets the default of vCPUs created later (nonzero only where the CPU has TSC scaling).</summary>
+    VmTscControl = 214,
     /// <summary>KVM_CAP_SYSTEM_EVENT_DATA.</summary>
     SystemEventData = 215,
     /// <summary>KVM_CAP_DIRTY_LOG_RING_ACQ_REL.</summary>

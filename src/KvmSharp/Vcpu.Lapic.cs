@@ -5,7 +5,8 @@ namespace KvmSharp;
 
 // x86: the vCPU's in-kernel local APIC (KVM_GET/SET_LAPIC) and single MSRs read or written straight
 // through KVM_GET/SET_MSRS, for the APIC state a snapshot keeps (VirtualMachine.DeviceState.cs).
-// These go behind the register cache: callers flush and invalidate it around them.
+// These go behind the register cache: the internal ones leave it to their callers to flush and
+// invalidate it around them; the public GetLapic/SetLapic do it themselves.
 public sealed partial class Vcpu
 {
     /// <summary>
@@ -30,6 +31,46 @@ public sealed partial class Vcpu
     {
         RequireLapic();
         Kernel.IoctlSet(Fd, KvmIoctls.X86.KVM_SET_LAPIC, StructBytes.Read<kvm_lapic_state>(state, "kvm_lapic_state"), $"vcpu {Id}");
+    }
+
+    /// <summary>
+    /// Reads the vCPU's in-kernel local APIC: its register page (TPR, IRR/ISR/TMR, LVT, timer …). Wraps
+    /// KVM_GET_LAPIC (x86); needs KVM_CAP_IRQCHIP and <see cref="VirtualMachine.CreateIrqChip"/>.
+    /// </summary>
+    /// <remarks>Dirty registers are written back and the register cache invalidated first (the cache's rule
+    /// for ioctls that act behind it): a CR8 written through the cache is the TPR read here.</remarks>
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU, or the VM has no in-kernel interrupt controller.</exception>
+    /// <exception cref="PlatformNotSupportedException">The VM is not x86_64.</exception>
+    /// <exception cref="KvmException">The ioctl failed.</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    public LocalApicState GetLapic()
+    {
+        RequireLapic();
+        Registers.Invalidate();
+        return new LocalApicState(GetLapicState());
+    }
+
+    /// <summary>
+    /// Loads the vCPU's in-kernel local APIC from a register page. KVM interprets it in the mode the
+    /// vCPU's APIC base MSR sets now (xAPIC or x2APIC; so restore that MSR first), recomputes which
+    /// interrupt to deliver (a requested vector the guest may take is delivered at its next entry), and
+    /// restarts the APIC timer from <see cref="LocalApicState.TimerCurrentCount"/>. Wraps KVM_SET_LAPIC
+    /// (x86); needs KVM_CAP_IRQCHIP and <see cref="VirtualMachine.CreateIrqChip"/>.
+    /// </summary>
+    /// <remarks>Dirty registers are written back and the register cache invalidated first, so the guest's CR8
+    /// (the page's TPR) and APIC base are fetched anew at the next read and not overwritten by the cache.</remarks>
+    /// <param name="state">The register page, e.g. from <see cref="GetLapic"/> changed.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="state"/> is null.</exception>
+    /// <exception cref="InvalidOperationException">Another thread owns the vCPU, or the VM has no in-kernel interrupt controller.</exception>
+    /// <exception cref="PlatformNotSupportedException">The VM is not x86_64.</exception>
+    /// <exception cref="KvmException">The ioctl failed (EINVAL, e.g. for an x2APIC ID that is not the vCPU's).</exception>
+    /// <exception cref="ObjectDisposedException">The vCPU is disposed.</exception>
+    public void SetLapic(LocalApicState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        RequireLapic();
+        Registers.Invalidate();
+        SetLapicState(state.Page);
     }
 
     private void RequireLapic()

@@ -205,10 +205,13 @@ public sealed partial class VirtualMachine
     /// before 5.16 reject any flag (api.rst: the other flags KVM_GET_CLOCK returns are ignored on set).
     /// Wraps KVM_SET_CLOCK (x86); needs KVM_CAP_ADJUST_CLOCK.
     /// </summary>
-    internal void SetClockState(ReadOnlySpan<byte> state)
+    internal void SetClockState(ReadOnlySpan<byte> state) =>
+        SetClockNanoseconds(StructBytes.Read<kvm_clock_data>(state, "kvm_clock_data").clock);
+
+    /// <summary>KVM_SET_CLOCK with <paramref name="clock"/> and flags 0 (see <see cref="SetClockState"/> for why no flag).</summary>
+    private void SetClockNanoseconds(ulong clock)
     {
         Kvm.RequireArch(KvmArchitecture.X86_64, "KVM_SET_CLOCK");
-        ulong clock = StructBytes.Read<kvm_clock_data>(state, "kvm_clock_data").clock;
         Kernel.IoctlSet(Fd, KvmIoctls.X86.KVM_SET_CLOCK, new kvm_clock_data { clock = clock }, $"clock {clock} ns");
     }
 }

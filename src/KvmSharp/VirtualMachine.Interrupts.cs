@@ -115,7 +115,7 @@ public sealed partial class VirtualMachine
         Kernel.IoctlSet(Fd, KvmIoctls.KVM_IRQ_LINE, line, $"GSI {irq}, level {line.level}");
     }
 
-    private void RequireCapability(KvmCapability capability, string name, string member)
+    internal void RequireCapability(KvmCapability capability, string name, string member)
     {
         if (CheckExtension(capability) <= 0)
             throw new NotSupportedException($"{member} needs {name}, which this KVM does not offer.");

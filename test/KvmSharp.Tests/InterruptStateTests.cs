@@ -197,17 +197,7 @@ public class InterruptStateTests : KvmTestBase
     [Test]
     public void LocalApic_RoundTrips_AndTheGuestReadsTheRestoredTprAsCr8()
     {
-        using var g = Create(Kvm, pit: false, a =>
-        {
-            a.mov(rax, cr8);
-            a.@out(Cr8Port, eax);
-            a.mov(eax, 9);
-            a.mov(cr8, rax);
-            var loop = TestGuest.Here(a);
-            a.mov(rax, cr8);
-            a.@out(Cr8Port, eax);
-            a.jmp(loop);
-        });
+        using var g = Cr8Guest(Kvm);
         Assert.That(NextOut(g), Is.EqualTo((Cr8Port, 0u)));
         var saved = g.Vm.CaptureDeviceState();
         var lapic = saved.Lapics.Single();

@@ -1,6 +1,4 @@
-using Iced.Intel;
 using KvmSharp.Tests.Guests;
-using static Iced.Intel.AssemblerRegisters;
 using static KvmSharp.Tests.Guests.InterruptGuest;
 
 namespace KvmSharp.Tests;
@@ -11,60 +9,10 @@ namespace KvmSharp.Tests;
 /// </summary>
 public class MsiRoutingTests : KvmTestBase
 {
-    private const byte VectorA = 0x40, VectorB = 0x41, PortA = 0xE6, PortB = 0xE7;
+    private const byte VectorA = ApicVectorA, VectorB = ApicVectorB, PortA = ApicPortA, PortB = ApicPortB;
     private const ulong ApicZero = 0xFEE0_0000; // MSI address: physical destination APIC id 0
-    private const uint MsrApicBase = 0x1B, MsrX2ApicSvr = 0x80F, MsrX2ApicEoi = 0x80B;
 
-    /// <summary>
-    /// Enables the local APIC (x2APIC, software-enabled through the SVR), reports on
-    /// <see cref="ReadyPort"/> and idles; vectors A and B count in EBX/ESI and report on their ports.
-    /// </summary>
-    private TestGuest ApicGuest()
-    {
-        Label a0 = default, b0 = default;
-        var g = Create(Kvm, pit: false, a =>
-        {
-            a.mov(ecx, MsrApicBase);
-            a.rdmsr();
-            a.or(eax, 0xC00);          // APIC enabled, x2APIC mode
-            a.wrmsr();
-            a.mov(ecx, MsrX2ApicSvr);
-            a.mov(eax, 0x1FF);         // software-enabled, spurious vector 0xFF
-            a.xor(edx, edx);
-            a.wrmsr();
-            a.xor(ebx, ebx);
-            a.xor(esi, esi);
-            Out(a, ReadyPort, 1);
-            IdleWithInterrupts(a);
-            a0 = ApicHandler(a, ebx, PortA);
-            b0 = ApicHandler(a, esi, PortB);
-        });
-        InstallGate(g, VectorA, a0);
-        InstallGate(g, VectorB, b0);
-        Assert.That(NextOut(g).Port, Is.EqualTo(ReadyPort));
-        return g;
-    }
-
-    /// <summary>Counts in <paramref name="counter"/>, writes the count to <paramref name="port"/>, EOI through the x2APIC EOI MSR.</summary>
-    private static Label ApicHandler(Assembler a, AssemblerRegister32 counter, byte port)
-    {
-        var handler = TestGuest.Here(a);
-        a.push(rax);
-        a.push(rcx);
-        a.push(rdx);
-        a.inc(counter);
-        a.mov(eax, counter);
-        a.@out(port, eax);
-        a.mov(ecx, MsrX2ApicEoi);
-        a.xor(eax, eax);
-        a.xor(edx, edx);
-        a.wrmsr();
-        a.pop(rdx);
-        a.pop(rcx);
-        a.pop(rax);
-        a.iretq();
-        return handler;
-    }
+    private TestGuest ApicGuest() => X2ApicGuest(Kvm);
 
     [Test]
     public void AnMsi_ReachesTheGuestsVector_AndOneToNoApicIsNotDelivered()

@@ -327,6 +327,15 @@ internal unsafe struct kvm_ioapic_state
     [FieldOffset(16)] public uint irr;
     [FieldOffset(20)] public uint pad;
     [FieldOffset(24)] public fixed ulong redirtbl[24];
+
+    /// <summary>The 64 bits of redirection-table entry <paramref name="pin"/>.</summary>
+    public readonly ulong Entry(int pin) => redirtbl[Pin(pin)];
+
+    /// <summary>Sets the 64 bits of redirection-table entry <paramref name="pin"/>.</summary>
+    public void SetEntry(int pin, ulong bits) => redirtbl[Pin(pin)] = bits;
+
+    // SAFETY: the fixed buffer has KVM_IOAPIC_NUM_PINS elements; nothing outside it is ever indexed.
+    private static int Pin(int pin) => (uint)pin < KVM_IOAPIC_NUM_PINS ? pin : throw new ArgumentOutOfRangeException(nameof(pin), pin, "The IOAPIC has pins 0–23.");
 }
 
 [Uapi("kvm_irqchip"), StructLayout(LayoutKind.Explicit, Size = 520)]

@@ -78,6 +78,81 @@ internal static class InterruptGuest
         return g;
     }
 
+    /// <summary>
+    /// A guest with an in-kernel irqchip (no PIT) that reports its CR8 on <see cref="Cr8Port"/>, sets CR8
+    /// to 9, then reports CR8 there again and again (interrupts stay off).
+    /// </summary>
+    public static TestGuest Cr8Guest(Kvm kvm) => Create(kvm, pit: false, a =>
+    {
+        a.mov(rax, cr8);
+        a.@out(Cr8Port, eax);
+        a.mov(eax, 9);
+        a.mov(cr8, rax);
+        var loop = TestGuest.Here(a);
+        a.mov(rax, cr8);
+        a.@out(Cr8Port, eax);
+        a.jmp(loop);
+    });
+
+    /// <summary>The vectors of <see cref="X2ApicGuest"/>'s two handlers, and the ports they report on.</summary>
+    public const byte ApicVectorA = 0x40, ApicVectorB = 0x41, ApicPortA = 0xE6, ApicPortB = 0xE7;
+
+    private const uint MsrApicBase = 0x1B, MsrX2ApicSvr = 0x80F, MsrX2ApicEoi = 0x80B;
+
+    /// <summary>
+    /// A guest with an in-kernel irqchip (no PIT) whose local APIC is enabled in x2APIC mode and
+    /// software-enabled through the SVR (spurious vector 0xFF); it reports on <see cref="ReadyPort"/>
+    /// (consumed here, so the guest is returned at that exit) and idles with interrupts on. Vectors
+    /// <see cref="ApicVectorA"/> and <see cref="ApicVectorB"/> count in EBX / ESI, report the count on
+    /// <see cref="ApicPortA"/> / <see cref="ApicPortB"/>, then EOI through the x2APIC EOI MSR.
+    /// </summary>
+    public static TestGuest X2ApicGuest(Kvm kvm)
+    {
+        Label a0 = default, b0 = default;
+        var g = Create(kvm, pit: false, a =>
+        {
+            a.mov(ecx, MsrApicBase);
+            a.rdmsr();
+            a.or(eax, 0xC00);          // APIC enabled, x2APIC mode
+            a.wrmsr();
+            a.mov(ecx, MsrX2ApicSvr);
+            a.mov(eax, 0x1FF);         // software-enabled, spurious vector 0xFF
+            a.xor(edx, edx);
+            a.wrmsr();
+            a.xor(ebx, ebx);
+            a.xor(esi, esi);
+            Out(a, ReadyPort, 1);
+            IdleWithInterrupts(a);
+            a0 = ApicHandler(a, ebx, ApicPortA);
+            b0 = ApicHandler(a, esi, ApicPortB);
+        });
+        InstallGate(g, ApicVectorA, a0);
+        InstallGate(g, ApicVectorB, b0);
+        Assert.That(NextOut(g).Port, Is.EqualTo(ReadyPort));
+        return g;
+    }
+
+    /// <summary>Counts in <paramref name="counter"/>, writes the count to <paramref name="port"/>, EOI through the x2APIC EOI MSR.</summary>
+    private static Label ApicHandler(Assembler a, AssemblerRegister32 counter, byte port)
+    {
+        var handler = TestGuest.Here(a);
+        a.push(rax);
+        a.push(rcx);
+        a.push(rdx);
+        a.inc(counter);
+        a.mov(eax, counter);
+        a.@out(port, eax);
+        a.mov(ecx, MsrX2ApicEoi);
+        a.xor(eax, eax);
+        a.xor(edx, edx);
+        a.wrmsr();
+        a.pop(rdx);
+        a.pop(rcx);
+        a.pop(rax);
+        a.iretq();
+        return handler;
+    }
+
     /// <summary>An edge on GSI <paramref name="irq"/> (the PICs are edge-triggered): asserted, then deasserted.</summary>
     public static void RaiseEdge(VirtualMachine vm, int irq)
     {
