@@ -103,6 +103,7 @@ internal static class LinuxBoot
         reader.Wait(TimeSpan.FromSeconds(10));
         if (result.Reason != RunStopReason.GuestReset || wall < 0)
             throw new InvalidOperationException($"KvmSharp's boot ended with {result} before the marker. Console:\n{console}");
+        SaveConsole("kvmsharp", $"exits to user space: {result.Exits}\n{console}");
         return (wall, Uptime(console.ToString()));
     }
 
@@ -133,8 +134,13 @@ internal static class LinuxBoot
         if (!process.WaitForExit(TimeSpan.FromMinutes(5))) process.Kill();
         if (wall < 0)
             throw new InvalidOperationException($"QEMU's boot ended (exit {process.ExitCode}) before the marker. {stderr.Result}\nConsole:\n{console}");
+        SaveConsole("qemu", console.ToString());
         return (wall, Uptime(console.ToString()));
     }
+
+    /// <summary>The last round's console of each way, for comparing where the time went.</summary>
+    private static void SaveConsole(string way, string console) =>
+        File.WriteAllText(Path.Combine(Path.GetTempPath(), $"linux-boot-{way}.txt"), console);
 
     private static double Uptime(string console) =>
         RunInit.Match(console) is { Success: true } m ? double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : double.NaN;

@@ -145,6 +145,7 @@ public sealed partial class Vcpu
     {
         if (!_core.SignalMaskSet)
         {
+            if (Architecture == KvmArchitecture.Arm64) _vm.RequireGicReadyToRun(Id);
             _core.SetSignalMask();
             _fastPath = _x86Hooks is not null && DirtyRing is null;
         }

@@ -72,6 +72,12 @@ public sealed partial class Vcpu : IDisposable
     /// <summary>The vCPU id given at creation (the APIC id on x86).</summary>
     public int Id { get; }
 
+    /// <summary>
+    /// The vCPU's index in its VM: how many vCPUs KVM had created before it (disposed ones included).
+    /// KVM names a vCPU by it where the id does not count (arm64 KVM_IRQ_LINE, the GICv3's redistributors).
+    /// </summary>
+    internal int Index { get; init; }
+
     /// <summary>The architecture of this vCPU.</summary>
     public KvmArchitecture Architecture { get; }
 

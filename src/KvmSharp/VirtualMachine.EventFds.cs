@@ -41,12 +41,14 @@ public sealed partial class VirtualMachine
     /// Makes signalling <paramref name="eventFd"/> raise interrupt line <paramref name="gsi"/> of the
     /// in-kernel interrupt controller — an edge: KVM asserts and deasserts the line — without a
     /// call from user space into KVM (any thread, or another process, may signal it). Wraps
-    /// KVM_IRQFD; needs KVM_CAP_IRQFD and, on x86, <see cref="CreateIrqChip"/> first.
+    /// KVM_IRQFD; needs KVM_CAP_IRQFD and, on x86, <see cref="CreateIrqChip"/> first; on arm64, an
+    /// initialised <see cref="CreateGicV3">GICv3</see>.
     /// </summary>
     /// <param name="eventFd">The eventfd whose signals become interrupts.</param>
-    /// <param name="gsi">The global system interrupt (x86: 0–15 reach the PICs and the IOAPIC, 16–23 the IOAPIC).</param>
+    /// <param name="gsi">The global system interrupt (x86: 0–15 reach the PICs and the IOAPIC, 16–23 the IOAPIC;
+    /// arm64: SPI INTID − 32, KVM's default routing).</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="gsi"/> is negative.</exception>
-    /// <exception cref="InvalidOperationException">x86: the VM has no in-kernel interrupt controller.</exception>
+    /// <exception cref="InvalidOperationException">x86: the VM has no in-kernel interrupt controller; arm64: no initialised GICv3.</exception>
     /// <exception cref="NotSupportedException">KVM lacks KVM_CAP_IRQFD.</exception>
     /// <exception cref="KvmException">KVM refused, e.g. EBUSY: this eventfd is registered already.</exception>
     /// <exception cref="ObjectDisposedException">The VM or the eventfd is disposed.</exception>
@@ -111,6 +113,8 @@ public sealed partial class VirtualMachine
             RequireCapability(KvmCapability.IrqFd, "KVM_CAP_IRQFD", nameof(AddIrqFd));
             if (Architecture == KvmArchitecture.X86_64 && !HasIrqChip)
                 throw new InvalidOperationException("An irqfd raises a line of the in-kernel interrupt controller: call CreateIrqChip first (KVM answers EINVAL without it).");
+            if (Architecture == KvmArchitecture.Arm64 && GicV3 is not { IsInitialized: true })
+                throw new InvalidOperationException("On arm64 an irqfd raises an SPI of the in-kernel GICv3: call CreateGicV3, create the vCPUs, then Initialize (KVM sets up the GSI-to-SPI routes there).");
         }
         using var fd = eventFd.Use();
         var args = new kvm_irqfd { fd = (uint)fd.Number, gsi = (uint)gsi, flags = assign ? 0 : kvm_irqfd.KVM_IRQFD_FLAG_DEASSIGN };

@@ -96,17 +96,25 @@ public sealed partial class VirtualMachine
     /// IRQ 0–15 and the IOAPIC (whose pin 2 takes GSI 0), 16–23 the IOAPIC. <c>true</c> asserts the
     /// line, <c>false</c> deasserts it; an edge-triggered input (the PICs' default) needs both, in that
     /// order. Wraps KVM_IRQ_LINE (x86); needs KVM_CAP_IRQCHIP and <see cref="CreateIrqChip"/> first.
+    /// On arm64 <paramref name="irq"/> is an SPI's INTID of the in-kernel GICv3 (see <see cref="ArmGicV3.SetSpi"/>).
     /// May be called from any thread, also while vCPUs run.
     /// </summary>
-    /// <param name="irq">The GSI.</param>
+    /// <param name="irq">The GSI (x86), or the SPI's INTID (arm64).</param>
     /// <param name="level">True to assert the line, false to deassert it.</param>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="irq"/> is negative.</exception>
-    /// <exception cref="InvalidOperationException">The VM has no in-kernel interrupt controller (KVM would fail with ENXIO).</exception>
-    /// <exception cref="PlatformNotSupportedException">The VM is not x86_64.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="irq"/> is negative (arm64: no SPI of the GIC).</exception>
+    /// <exception cref="InvalidOperationException">The VM has no in-kernel interrupt controller (KVM would fail with ENXIO);
+    /// arm64: no GICv3, or one not initialised yet.</exception>
+    /// <exception cref="PlatformNotSupportedException">The VM is neither x86_64 nor arm64.</exception>
     /// <exception cref="KvmException">The ioctl failed.</exception>
     /// <exception cref="ObjectDisposedException">The VM is disposed.</exception>
     public void SetIrqLine(int irq, bool level)
     {
+        if (Architecture == KvmArchitecture.Arm64)
+        {
+            var gic = GicV3 ?? throw new InvalidOperationException("On arm64 KVM_IRQ_LINE drives an SPI of the in-kernel GICv3: call CreateGicV3 first (KVM answers ENXIO without it).");
+            gic.SetSpi(irq, level);
+            return;
+        }
         Kvm.RequireArch(KvmArchitecture.X86_64, nameof(SetIrqLine));
         ArgumentOutOfRangeException.ThrowIfNegative(irq);
         if (!HasIrqChip)

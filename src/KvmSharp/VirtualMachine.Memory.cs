@@ -86,7 +86,7 @@ public sealed partial class VirtualMachine
     /// <param name="size">Size in bytes; a non-zero multiple of <see cref="PageSize"/>.</param>
     /// <param name="flags">Read-only and/or dirty logging.</param>
     /// <exception cref="ArgumentException">The address or size is not page-aligned, the size is 0, the range
-    /// wraps, it overlaps an existing slot (named in the message), or a flag is unknown.</exception>
+    /// wraps, it overlaps an existing slot (named in the message) or the arm64 GICv3's frames, or a flag is unknown.</exception>
     /// <exception cref="NotSupportedException">Read-only slots requested but KVM lacks KVM_CAP_READONLY_MEM.</exception>
     /// <exception cref="InvalidOperationException">All KVM_CAP_NR_MEMSLOTS slots are in use.</exception>
     /// <exception cref="KvmException">mmap or the ioctl failed (nothing stays mapped or registered).</exception>
@@ -109,6 +109,7 @@ public sealed partial class VirtualMachine
         {
             _ = Fd;
             ThrowIfOverlaps(guestPhysicalAddress, size, except: null);
+            RequireNoGicOverlap(guestPhysicalAddress, size);
             if ((flags & MemorySlotFlags.ReadOnly) != 0)
             {
                 if (_readOnlyMem < 0) _readOnlyMem = CheckExtension(KvmCapability.ReadOnlyMem);
@@ -144,13 +145,13 @@ public sealed partial class VirtualMachine
         }
     }
 
-    private void ThrowIfOverlaps(ulong gpa, ulong size, MemorySlot? except)
+    private void ThrowIfOverlaps(ulong gpa, ulong size, MemorySlot? except, string what = "Memory range")
     {
         foreach (var s in _slots)
         {
             if (s != except && gpa < s.EndAddress && s.GuestPhysicalAddress < gpa + size)
                 throw new ArgumentException(
-                    $"Memory range 0x{gpa:X}..0x{gpa + size:X} overlaps memory slot {s.Slot} (0x{s.GuestPhysicalAddress:X}..0x{s.EndAddress:X}).", nameof(gpa));
+                    $"{what} 0x{gpa:X}..0x{gpa + size:X} overlaps memory slot {s.Slot} (0x{s.GuestPhysicalAddress:X}..0x{s.EndAddress:X}).", nameof(gpa));
         }
     }
 
@@ -166,6 +167,7 @@ public sealed partial class VirtualMachine
         {
             RequireLive(slot);
             ThrowIfOverlaps(newAddress, slot.Size, except: slot);
+            RequireNoGicOverlap(newAddress, slot.Size);
             SetRegion(slot.Slot, (uint)slot.Flags, newAddress, slot.Size, slot.Mapping.DangerousGetHandle());
             slot.GuestPhysicalAddress = newAddress;
         }

@@ -126,7 +126,8 @@ public sealed partial class VirtualMachine : IDisposable
     /// Creates a vCPU and maps its <c>kvm_run</c> area. Wraps KVM_CREATE_VCPU and <c>mmap</c> of the vCPU fd.
     /// </summary>
     /// <param name="id">The vCPU id (APIC id on x86); by default the next unused one, starting at 0.</param>
-    /// <exception cref="ArgumentException">A vCPU with this id exists already.</exception>
+    /// <exception cref="ArgumentException">A vCPU with this id exists already; arm64: its redistributor would overlap the GICv3's distributor or a memory slot.</exception>
+    /// <exception cref="InvalidOperationException">arm64: the VM's GICv3 is initialised (KVM adds no vCPU after that).</exception>
     /// <exception cref="KvmException">The ioctl or mmap failed (nothing is leaked).</exception>
     public Vcpu CreateVcpu(int? id = null)
     {
@@ -136,6 +137,7 @@ public sealed partial class VirtualMachine : IDisposable
             ArgumentOutOfRangeException.ThrowIfNegative(vcpuId, nameof(id));
             if (_vcpus.Any(v => v.Id == vcpuId))
                 throw new ArgumentException($"vCPU {vcpuId} exists already in this VM.", nameof(id));
+            RequireVcpuFitsGic(vcpuId);
             int r = Kernel.Ioctl(Fd, KvmIoctls.KVM_CREATE_VCPU, vcpuId);
             if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_CREATE_VCPU, r, $"vcpu id {vcpuId}");
             _vcpusCreated++; // KVM counts it from here, whatever happens to the fd below
@@ -157,7 +159,7 @@ public sealed partial class VirtualMachine : IDisposable
                     if (m is null) throw new KvmException("mmap", -ringErr, $"dirty ring of vcpu {vcpuId}, {t.RingBytes} bytes");
                     ring = new DirtyRing(m, t.RingBytes);
                 }
-                vcpu = new Vcpu(this, vcpuId, fd, run, _fd, ring);
+                vcpu = new Vcpu(this, vcpuId, fd, run, _fd, ring) { Index = _vcpusCreated - 1 };
             }
             catch
             {
@@ -196,7 +198,7 @@ public sealed partial class VirtualMachine : IDisposable
     }
 
     /// <summary>
-    /// Disposes every vCPU, then every memory slot, then closes the VM. Idempotent.
+    /// Disposes every vCPU, then every memory slot, then closes the VM (and the GICv3's device fd). Idempotent.
     /// </summary>
     public void Dispose()
     {
@@ -212,6 +214,7 @@ public sealed partial class VirtualMachine : IDisposable
         // Close the VM first: KVM then drops every slot at once, so no per-slot ioctl is needed.
         lock (_lock)
         {
+            _gicV3?.Device.Dispose();
             _fd.Dispose();
             _slots.Clear();
         }

@@ -32,6 +32,17 @@ public class A64ControlEncodingTests
     [TestCase(0xA97F1043u, "ldp x3, x4, [x2, #-16]")]
     [TestCase(0xF8408443u, "ldr x3, [x2], #8")]
     [TestCase(0xF85F8443u, "ldr x3, [x2], #-8")]
+    [TestCase(0xD50342FFu, "msr daifclr, #2")]
+    [TestCase(0xD50342DFu, "msr daifset, #2")]
+    [TestCase(0xD69F03E0u, "eret")]
+    [TestCase(0xD538CC00u, "mrs x0, icc_iar1_el1")]
+    [TestCase(0xD518CC20u, "msr icc_eoir1_el1, x0")]
+    [TestCase(0xD518CCA1u, "msr icc_sre_el1, x1")]
+    [TestCase(0xD5184601u, "msr icc_pmr_el1, x1")]
+    [TestCase(0xD518CCE1u, "msr icc_igrpen1_el1, x1")]
+    [TestCase(0xD51BE321u, "msr cntv_ctl_el0, x1")]
+    [TestCase(0xD51BE301u, "msr cntv_tval_el0, x1")]
+    [TestCase(0xD51BE33Fu, "msr cntv_ctl_el0, xzr")]
     public void Encoding_MatchesGnuAs(uint expected, string instruction)
     {
         uint actual = instruction switch
@@ -59,6 +70,17 @@ public class A64ControlEncodingTests
             "ldp x3, x4, [x2, #-16]" => A64.Ldp(3, 4, 2, -16),
             "ldr x3, [x2], #8" => A64.LdrPostIndex(3, 2, 8),
             "ldr x3, [x2], #-8" => A64.LdrPostIndex(3, 2, -8),
+            "msr daifclr, #2" => A64.DaifClr(2),
+            "msr daifset, #2" => A64.DaifSet(2),
+            "eret" => A64.Eret,
+            "mrs x0, icc_iar1_el1" => A64.Mrs(0, A64.IccIar1El1),
+            "msr icc_eoir1_el1, x0" => A64.Msr(A64.IccEoir1El1, 0),
+            "msr icc_sre_el1, x1" => A64.Msr(A64.IccSreEl1, 1),
+            "msr icc_pmr_el1, x1" => A64.Msr(A64.IccPmrEl1, 1),
+            "msr icc_igrpen1_el1, x1" => A64.Msr(A64.IccIgrpen1El1, 1),
+            "msr cntv_ctl_el0, x1" => A64.Msr(A64.CntvCtlEl0, 1),
+            "msr cntv_tval_el0, x1" => A64.Msr(A64.CntvTvalEl0, 1),
+            "msr cntv_ctl_el0, xzr" => A64.Msr(A64.CntvCtlEl0, A64.Xzr),
             _ => throw new ArgumentException(instruction),
         };
         Assert.That(actual, Is.EqualTo(expected), $"{instruction}: 0x{actual:X8}, GNU as says 0x{expected:X8}");

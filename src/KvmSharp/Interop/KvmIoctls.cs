@@ -30,6 +30,12 @@ internal static partial class KvmIoctls
     public static readonly KvmIoctl KVM_UNREGISTER_COALESCED_MMIO = KvmIoctl.IOW<kvm_coalesced_mmio_zone>(nameof(KVM_UNREGISTER_COALESCED_MMIO), 0x68);
     public static readonly KvmIoctl KVM_SIGNAL_MSI = KvmIoctl.IOW<kvm_msi>(nameof(KVM_SIGNAL_MSI), 0xA5);
     public static readonly KvmIoctl KVM_SET_GSI_ROUTING = KvmIoctl.IOW<kvm_irq_routing>(nameof(KVM_SET_GSI_ROUTING), 0x6A);
+    public static readonly KvmIoctl KVM_CREATE_DEVICE = KvmIoctl.IOWR<kvm_create_device>(nameof(KVM_CREATE_DEVICE), 0xE0);
+
+    // device fd (from KVM_CREATE_DEVICE)
+    public static readonly KvmIoctl KVM_SET_DEVICE_ATTR = KvmIoctl.IOW<kvm_device_attr>(nameof(KVM_SET_DEVICE_ATTR), 0xE1);
+    public static readonly KvmIoctl KVM_GET_DEVICE_ATTR = KvmIoctl.IOW<kvm_device_attr>(nameof(KVM_GET_DEVICE_ATTR), 0xE2);
+    public static readonly KvmIoctl KVM_HAS_DEVICE_ATTR = KvmIoctl.IOW<kvm_device_attr>(nameof(KVM_HAS_DEVICE_ATTR), 0xE3);
 
     // VM or vCPU fd
     public static readonly KvmIoctl KVM_ENABLE_CAP = KvmIoctl.IOW<kvm_enable_cap>(nameof(KVM_ENABLE_CAP), 0xA3);

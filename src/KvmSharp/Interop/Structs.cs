@@ -193,6 +193,29 @@ internal struct kvm_irq_routing_entry
     [FieldOffset(24), UapiField("u.msi.data")] public uint u2;
 }
 
+/// <summary>The argument of <c>KVM_CREATE_DEVICE</c>: the device type in, its new fd out.</summary>
+[Uapi("kvm_create_device"), StructLayout(LayoutKind.Explicit, Size = 12)]
+internal struct kvm_create_device
+{
+    public const uint KVM_CREATE_DEVICE_TEST = 1;
+    /// <summary>A value of <c>enum kvm_device_type</c> (the header defines a macro of the same name).</summary>
+    public const uint KVM_DEV_TYPE_ARM_VGIC_V3 = 7;
+
+    [FieldOffset(0)] public uint type;
+    [FieldOffset(4)] public uint fd;
+    [FieldOffset(8)] public uint flags;
+}
+
+/// <summary>The argument of <c>KVM_SET/GET/HAS_DEVICE_ATTR</c>; <c>addr</c> points at the attribute's value.</summary>
+[Uapi("kvm_device_attr"), StructLayout(LayoutKind.Explicit, Size = 24)]
+internal struct kvm_device_attr
+{
+    [FieldOffset(0)] public uint flags;
+    [FieldOffset(4)] public uint group;
+    [FieldOffset(8)] public ulong attr;
+    [FieldOffset(16)] public ulong addr;
+}
+
 [Uapi("kvm_coalesced_mmio_zone"), StructLayout(LayoutKind.Explicit, Size = 16)]
 internal struct kvm_coalesced_mmio_zone
 {

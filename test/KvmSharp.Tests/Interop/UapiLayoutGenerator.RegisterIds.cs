@@ -13,11 +13,11 @@ internal static partial class UapiLayoutGenerator
     /// <summary>An id factory's arguments are probed from 0 up to this; a factory accepting it has no range.</summary>
     public const int ArgumentProbeLimit = 1024;
 
-    /// <summary>The classes holding an architecture's ONE_REG ids and the uapi constants they are built from.</summary>
+    /// <summary>The classes holding an architecture's ONE_REG ids and the uapi constants they are built from, and its other uapi constants (arm64: the vGIC's).</summary>
     public static IReadOnlyList<Type> IdClasses(string arch) => arch switch
     {
         "x86_64" => [], // KvmSharp moves no x86 register with ONE_REG
-        "arm64" => [typeof(Arm64RegisterIds)],
+        "arm64" => [typeof(Arm64RegisterIds), typeof(KvmSharp.Interop.Arm64.ArmVgicUapi)],
         "s390x" => [typeof(S390xRegisterIds)],
         _ => throw new ArgumentOutOfRangeException(nameof(arch), arch, "Unknown architecture."),
     };

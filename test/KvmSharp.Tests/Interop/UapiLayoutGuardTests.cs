@@ -120,8 +120,11 @@ public class UapiLayoutGuardTests
     [Test]
     public void Every_register_id_class_is_emitted_on_an_architecture()
     {
+        // The ONE_REG id classes, and the interop classes of other uapi constants (named *Uapi).
         var idClasses = UapiLayoutGenerator.Library.GetTypes()
-            .Where(t => t.Namespace == typeof(Arm64RegisterIds).Namespace && t.Name.EndsWith("RegisterIds", StringComparison.Ordinal));
+            .Where(t => (t.Namespace == typeof(Arm64RegisterIds).Namespace && t.Name.EndsWith("RegisterIds", StringComparison.Ordinal))
+                || (t.Namespace?.StartsWith(UapiLayoutGenerator.CommonNamespace, StringComparison.Ordinal) == true
+                    && t.IsAbstract && t.IsSealed && t.Name.EndsWith("Uapi", StringComparison.Ordinal)));
 
         Assert.That(AllIdClasses(), Is.EquivalentTo(idClasses));
     }
