@@ -8,7 +8,8 @@
 //
 // Options: --kernel FILE (a bzImage; default Debian's linux-image-amd64, fetched and cached the way
 // KvmSharp.Lab provisions its machines), --busybox FILE (a static busybox; default Debian's
-// busybox-static), --memory MiB (default 256), --append "ARGS" (more kernel parameters).
+// busybox-static), --memory MiB (default 256), --cpus N (default 1), --append "ARGS" (more kernel
+// parameters).
 using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Text;
@@ -23,6 +24,8 @@ if (Array.IndexOf(args, "--run") >= 0 && string.IsNullOrWhiteSpace(command))
     return Usage("--run needs a command");
 int memoryMiB = int.TryParse(Option("--memory") ?? "256", out var m) && m >= 128 ? m : -1;
 if (memoryMiB < 0) return Usage("--memory takes a number of MiB, at least 128");
+int cpuCount = int.TryParse(Option("--cpus") ?? "1", out var c) && c >= 1 ? c : -1;
+if (cpuCount < 0) return Usage("--cpus takes a number of vCPUs, at least 1");
 
 // The guest is x86_64; where this process cannot open /dev/kvm, run in the x86_64 lab machine. The
 // line saying where goes to stderr, so that --run's stdout is the command's output alone.
@@ -33,7 +36,9 @@ if (KvmLab.RelaunchIfNeeded(args, lab) is int labExitCode)
 var images = Option("--kernel") is null || Option("--busybox") is null ? KvmLab.ProvisionGuestImages(lab) : null;
 byte[] kernelFile = File.ReadAllBytes(Option("--kernel") ?? images!.KernelImage);
 byte[] initrd = BuildInitramfs(File.ReadAllBytes(Option("--busybox") ?? images!.Busybox), command);
-string commandLine = $"{X86LinuxBoot.MinimalCommandLine} console=ttyS0 {(command is null ? "" : "quiet ")}{Option("--append")}".TrimEnd();
+// In a lab machine also noxsave: QEMU's emulated SVM there loses the guest's XCR0 (KVM never sees its
+// XSETBV), which can crash a kernel that uses XSAVE state. Real hardware does not need it.
+string commandLine = $"{X86LinuxBoot.MinimalCommandLine} console=ttyS0 {(KvmLab.IsInsideLab ? "noxsave " : "")}{(command is null ? "" : "quiet ")}{Option("--append")}".TrimEnd();
 
 using var kvm = Kvm.Open();
 if (kvm.Architecture != KvmArchitecture.X86_64)
@@ -42,13 +47,14 @@ if (kvm.Architecture != KvmArchitecture.X86_64)
     return 2;
 }
 
-// The machine: RAM from 0, the in-kernel interrupt controller and timer, one vCPU, the kernel.
+// The machine: RAM from 0, the in-kernel interrupt controller and timer, the vCPUs (all before the
+// kernel is loaded: its MP table lists them), the kernel.
 using var vm = kvm.CreateVirtualMachine();
 vm.CreateIrqChip();
 vm.CreatePit();
 vm.AddMemorySlot(0, (ulong)memoryMiB << 20);
-using var vcpu = vm.CreateVcpu();
-X86LinuxBoot.Load(vcpu, LinuxBzImage.Parse(kernelFile), new LinuxBootOptions { CommandLine = commandLine, Initrd = initrd });
+var vcpus = Enumerable.Range(0, cpuCount).Select(_ => vm.CreateVcpu()).ToList();
+X86LinuxBoot.Load(vcpus[0], LinuxBzImage.Parse(kernelFile), new LinuxBootOptions { CommandLine = commandLine, Initrd = initrd });
 
 // Its devices: COM1 on IRQ 4 as the console, and the reset that ends the run.
 using var uart = new Uart16550(level => vm.SetIrqLine(4, level));
@@ -57,13 +63,17 @@ bus.MapPorts(0x3F8, 8, uart);
 bus.MapPorts(ResetDevice.ResetControlPort, 1, new ResetDevice());
 bus.MapPorts(ResetDevice.KeyboardControllerPort, 1, new ResetDevice());
 
-using var cpuThread = new VcpuThread(vcpu, bus);
+// One thread per vCPU; vCPU 0 boots, the others wait in KVM until its kernel starts them.
+var cpuThreads = vcpus.Select(v => new VcpuThread(v, bus)).ToList();
 var console = command is null ? CopyToTerminalAsync(uart.Output) : CommandOutputAsync(uart.Output);
 using var terminal = command is null ? Terminal.Raw() : null;
 if (command is null)
-    _ = ForwardInputAsync(uart.Input, cpuThread);
+    _ = ForwardInputAsync(uart.Input, cpuThreads[0]);
 
-RunResult end = await cpuThread.Completion;
+// The run ends when one vCPU's loop does (the one that reset the machine, or vCPU 0 on Ctrl+]).
+RunResult end = await await Task.WhenAny(cpuThreads.Select(t => t.Completion));
+foreach (var thread in cpuThreads) thread.Dispose();
+foreach (var v in vcpus) v.Dispose();
 uart.Dispose();  // ends the console reader
 int? status = await console;
 terminal?.Dispose();
@@ -144,7 +154,7 @@ static async Task ForwardInputAsync(PipeWriter input, VcpuThread cpu)
 
 static int Usage(string problem)
 {
-    Console.Error.WriteLine($"LinuxGuest: {problem}.\nusage: LinuxGuest [--run \"CMD\"] [--kernel bzImage] [--busybox FILE] [--memory MiB] [--append \"ARGS\"]");
+    Console.Error.WriteLine($"LinuxGuest: {problem}.\nusage: LinuxGuest [--run \"CMD\"] [--kernel bzImage] [--busybox FILE] [--memory MiB] [--cpus N] [--append \"ARGS\"]");
     return 2;
 }
 

@@ -65,6 +65,9 @@ public enum KvmCapability
     MaxVcpus = 66,
     /// <summary>KVM_CAP_ONE_REG: <c>KVM_GET/SET_ONE_REG</c>.</summary>
     OneReg = 70,
+    /// <summary>KVM_CAP_TSC_DEADLINE_TIMER (x86): the local APIC emulates the TSC-deadline timer mode; KVM_GET_SUPPORTED_CPUID does not
+    /// report it, so a VMM that wants the guest to use it sets CPUID 1 ECX bit 24 itself.</summary>
+    TscDeadlineTimer = 72,
     /// <summary>KVM_CAP_SYNC_REGS: register sets that travel in <c>kvm_run</c> (a bit mask of them).</summary>
     SyncRegs = 74,
     /// <summary>KVM_CAP_SIGNAL_MSI: <c>KVM_SIGNAL_MSI</c>.</summary>

@@ -20,6 +20,10 @@ public class LinuxBootTests : KvmTestBase
         Assert.That(boot, Does.Contain($"{LinuxTestGuest.InitMarker} {LinuxTestGuest.KernelRelease}"), "init ran, on the kernel that was loaded");
         Assert.That(boot, Does.Contain("Hypervisor detected: KVM"), "CPUID has the KVM signature leaf");
         Assert.That(boot, Does.Contain($"Command line: {LinuxTestGuest.CommandLine}"), "the kernel read the command line from the zero page");
+        Assert.That(boot, Does.Contain("x2apic enabled").And.Contain("APIC: Switch to symmetric I/O mode"), "the MP table told it about the IOAPIC; KVM's APIC does x2APIC");
+        Assert.That(boot.Contains("TSC deadline timer available"), Is.EqualTo(Kvm.HasCapability(KvmCapability.TscDeadlineTimer)),
+            "CPUID offers the TSC-deadline timer exactly when KVM emulates it");
+        Assert.That(boot, Does.Not.Contain("APIC timer disabled"));
 
         var (uname, status) = g.Run("uname -r");
         Assert.That((uname.Trim(), status), Is.EqualTo((LinuxTestGuest.KernelRelease, 0)));
@@ -30,6 +34,7 @@ public class LinuxBootTests : KvmTestBase
         var serial = interrupts.Split('\n').FirstOrDefault(l => l.Contains("ttyS0"));
         Assert.That(serial, Is.Not.Null, interrupts);
         Assert.That(serial!.TrimStart(), Does.StartWith("4:"), "ttyS0 on IRQ 4");
+        Assert.That(serial, Does.Contain("IO-APIC"), "through the IOAPIC's pin 4 (the MP table's ISA IRQ 4)");
         Assert.That(long.Parse(serial.Split(':', 2)[1].Trim().Split(' ')[0]), Is.GreaterThan(0), "IRQ 4 was delivered");
 
         // Both ways: the guest reads a line the host typed and answers with it transformed.
@@ -45,6 +50,21 @@ public class LinuxBootTests : KvmTestBase
         var end = g.WaitForEnd(TimeSpan.FromMinutes(1));
         Assert.That((end.Reason, end.Address), Is.EqualTo((RunStopReason.GuestReset, (ulong)ResetDevice.KeyboardControllerPort)), "reboot=k: the keyboard controller's reset");
         Assert.That(g.Reset.ResetCount, Is.GreaterThanOrEqualTo(1));
+    }
+
+    [Test]
+    public void TwoVcpus_BothComeUp_AndRunProcesses()
+    {
+        using var g = new LinuxTestGuest(Kvm, cpus: 2);
+        string boot = g.WaitForInit();
+        Assert.That(boot, Does.Contain("smp: Brought up 1 node, 2 CPUs"), "vCPU 0's kernel started vCPU 1 with INIT/SIPI through KVM's local APICs");
+        Assert.That(g.Run("nproc"), Is.EqualTo(("2\n", 0)));
+        // Both CPUs take timer interrupts: the local timer line counts on each.
+        var (interrupts, _) = g.Run("grep LOC: /proc/interrupts");
+        var counts = interrupts.Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1).Take(2).Select(long.Parse).ToArray();
+        Assert.That(counts, Has.Length.EqualTo(2).And.All.GreaterThan(0), interrupts);
+        g.Send("reboot -f\n");
+        Assert.That(g.WaitForEnd(TimeSpan.FromMinutes(1)).Reason, Is.EqualTo(RunStopReason.GuestReset));
     }
 
     [Test]
@@ -110,6 +130,15 @@ public class LinuxBootTests : KvmTestBase
         var s = regs.SpecialRegisters;
         Assert.That((s.Cs.Selector, s.Cs.L, s.Ds.Selector, s.Efer & 0x500), Is.EqualTo(((ushort)0x10, (byte)1, (ushort)0x18, 0x500UL)), "64-bit __BOOT_CS, __BOOT_DS, long mode active");
         Assert.That(low.Read<ulong>(s.Cr3) & 1, Is.EqualTo(1UL), "the PML4 at CR3 is present");
+        var mp = low.GetGuestSpan(0x9FC00, 16).ToArray();
+        Assert.That(System.Text.Encoding.ASCII.GetString(mp, 0, 4), Is.EqualTo("_MP_"));
+        Assert.That(mp.Aggregate(0, (a, b) => a + b) & 0xFF, Is.Zero, "the floating pointer's checksum");
+        uint config = BitConverter.ToUInt32(mp, 4);
+        int length = low.Read<ushort>(config + 4);
+        var table = low.GetGuestSpan(config, length).ToArray();
+        Assert.That((System.Text.Encoding.ASCII.GetString(table, 0, 4), table.Aggregate(0, (a, b) => a + b) & 0xFF), Is.EqualTo(("PCMP", 0)));
+        Assert.That((table[44], table[45], table[47] & 3), Is.EqualTo(((byte)0, (byte)0, 3)), "one processor entry: APIC id 0, enabled boot processor");
+        Assert.That(BitConverter.ToUInt16(table, 34), Is.EqualTo(1 + 1 + 1 + 16 + 2), "CPU, bus, IOAPIC, 16 ISA IRQs, LINT0/1");
         var exit = cpu.Run(TimeSpan.FromSeconds(30)).Reason;
         Assert.That(exit, Is.AnyOf(VcpuExitReason.Io, VcpuExitReason.Mmio, VcpuExitReason.Interrupted), "KVM accepts the state and runs the kernel (until its first port access, or the time limit)");
     }
@@ -124,6 +153,15 @@ public class LinuxBootTests : KvmTestBase
             using var cpu = vm.CreateVcpu();
             var ex = Assert.Throws<InvalidOperationException>(() => X86LinuxBoot.Load(cpu, kernel));
             Assert.That(ex!.Message, Does.Contain("CreateIrqChip"));
+        }
+        using (var vm = Kvm.CreateVirtualMachine())
+        {
+            vm.CreateIrqChip();
+            vm.AddMemorySlot(0, 128 << 20);
+            using var boot = vm.CreateVcpu();
+            using var second = vm.CreateVcpu();
+            var ex = Assert.Throws<ArgumentException>(() => X86LinuxBoot.Load(second, kernel));
+            Assert.That(ex!.Message, Does.Contain("vCPU 1 cannot boot Linux"));
         }
         using (var vm = Kvm.CreateVirtualMachine())
         {

@@ -9,9 +9,10 @@ namespace KvmSharp.Guests;
 /// "64-bit boot protocol") asks a boot loader to, and points a vCPU at its entry: the kernel at its
 /// load address, an initrd as high as the kernel allows, the command line, the zero page
 /// (<c>struct boot_params</c>: the image's setup header, the initrd and command line, an e820 map built
-/// from the VM's memory slots), identity-mapped page tables over the first 4 GiB, a GDT with the boot
+/// from the VM's memory slots), an MP table listing every vCPU of the VM and the IOAPIC,
+/// identity-mapped page tables over the first 4 GiB, a GDT with the boot
 /// protocol's <c>__BOOT_CS</c> (0x10) and <c>__BOOT_DS</c> (0x18), the CPUID KVM supports (with the KVM
-/// signature leaf, the hypervisor bit and this vCPU's APIC id) and the MSRs a kernel expects from
+/// signature leaf, the hypervisor bit, the TSC-deadline timer where KVM emulates it, and each vCPU's APIC id) and the MSRs a kernel expects from
 /// firmware (fast strings in IA32_MISC_ENABLE, MTRRs enabled with write-back as the default type).
 /// </summary>
 /// <remarks>
@@ -20,9 +21,12 @@ namespace KvmSharp.Guests;
 /// the kernel (<see cref="LinuxBzImage.InitSize"/> bytes from its load address, 16 MiB for a stock
 /// kernel) and the initrd must lie in RAM below 4 GiB. The e820 map lists every writable slot as RAM
 /// except the legacy hole 0x9FC00–0x100000 (EBDA, VGA, BIOS), and read-only slots as reserved.</para>
-/// <para>The guest gets no ACPI tables and no MP table: Linux then runs its one boot CPU with the
-/// 8259 PICs of the in-kernel interrupt controller (so create it, and the PIT, before the vCPU), and
-/// finds no PCI bus worth probing if told <c>pci=off</c>. It can power off only by rebooting (see
+/// <para>The guest gets no ACPI tables; an MP table (Intel MP specification 1.4, at 0x9FC00) tells
+/// Linux about the in-kernel IOAPIC (ISA IRQ n on pin n, as KVM routes them) and about every vCPU the
+/// VM has when <see cref="Load"/> is called: create them all first (each gets CPUID and MSRs here; run
+/// each on its own thread — the others wait in KVM until vCPU 0's kernel starts them with INIT/SIPI).
+/// Create the in-kernel interrupt controller and the PIT before the vCPUs. There is no PCI bus
+/// (<c>pci=off</c>), and the guest can power off only by rebooting (see
 /// <see cref="LinuxBootOptions.CommandLine"/>).</para>
 /// </remarks>
 public static class X86LinuxBoot
@@ -74,15 +78,17 @@ public static class X86LinuxBoot
     /// reach KVM with the first run) so that it enters the kernel's 64-bit entry point with RSI at the
     /// zero page and interrupts off.
     /// </summary>
-    /// <param name="vcpu">The VM's boot vCPU (x86_64), before its first run, in a VM whose in-kernel
-    /// interrupt controller exists (<see cref="VirtualMachine.CreateIrqChip"/>).</param>
+    /// <param name="vcpu">The VM's boot vCPU (x86_64, id 0), before its first run, in a VM whose in-kernel
+    /// interrupt controller exists (<see cref="VirtualMachine.CreateIrqChip"/>) and whose other vCPUs, if
+    /// any, exist already.</param>
     /// <param name="kernel">The kernel, from <see cref="LinuxBzImage.Parse"/>.</param>
     /// <param name="options">Command line and initrd; none when null.</param>
     /// <returns>Where everything went, and the e820 map the kernel was given.</returns>
     /// <exception cref="ArgumentException">The command line is too long or not ASCII; the VM's memory
-    /// lacks RAM for the boot structures, the kernel or the initrd (the message names the range needed
-    /// and the slots there are); a kernel address the image does not allow.</exception>
-    /// <exception cref="InvalidOperationException">The VM has no in-kernel interrupt controller, or another thread owns the vCPU.</exception>
+    /// lacks RAM for the boot structures, the MP table, the kernel or the initrd (the message names the
+    /// range needed and the slots there are); a kernel address the image does not allow; the vCPU is not
+    /// vCPU 0; more vCPUs than the MP table holds.</exception>
+    /// <exception cref="InvalidOperationException">The VM has no in-kernel interrupt controller, or another thread owns a vCPU.</exception>
     /// <exception cref="PlatformNotSupportedException">The vCPU is not x86_64.</exception>
     /// <exception cref="KvmException">KVM_SET_CPUID2 or KVM_SET_MSRS failed.</exception>
     public static LinuxBootLayout Load(Vcpu vcpu, LinuxBzImage kernel, LinuxBootOptions? options = null)
@@ -95,9 +101,16 @@ public static class X86LinuxBoot
         if (!vm.HasIrqChip)
             throw new InvalidOperationException("Linux needs interrupts: create the in-kernel interrupt controller (VirtualMachine.CreateIrqChip, and CreatePit for its timer) before the vCPU.");
 
+        if (vcpu.Id != 0)
+            throw new ArgumentException($"vCPU {vcpu.Id} cannot boot Linux: KVM starts vCPU 0 as the boot processor, and the others wait for its INIT/SIPI.", nameof(vcpu));
+        var cpus = vm.Vcpus.OrderBy(v => v.Id).ToList();
+        if (cpus.Count > X86MpTable.MaxCpus)
+            throw new ArgumentException($"The VM has {cpus.Count} vCPUs; the MP table X86LinuxBoot writes lists at most {X86MpTable.MaxCpus}.", nameof(vcpu));
         byte[] commandLine = CommandLineBytes(options.CommandLine, kernel);
         var map = BuildMemoryMap(vm.MemorySlots);
         RequireRam(map, 0, CommandLineAddress + (ulong)commandLine.Length + 1, "the boot structures (zero page, page tables, GDT, stack) and the command line");
+        if (vm.FindSlot(X86MpTable.Address) is not { IsReadOnly: false } mpSlot || !mpSlot.Contains(X86MpTable.Address, X86MpTable.MaxSize))
+            throw new ArgumentException($"Guest memory 0x{X86MpTable.Address:X}..0x{X86MpTable.Address + X86MpTable.MaxSize:X} (the EBDA, where the MP table goes) must be in a writable slot; extend the slot at 0 to at least 0xA0000.", nameof(vcpu));
 
         ulong kernelAddress = KernelAddress(kernel, options.KernelAddress);
         ulong kernelEnd = kernelAddress + Math.Max(kernel.InitSize, (ulong)kernel.Kernel.Length);
@@ -114,8 +127,15 @@ public static class X86LinuxBoot
         WritePageTables(vm);
         WriteGdt(vm);
 
-        SetCpuid(vcpu);
-        SetFirmwareMsrs(vcpu);
+        var supported = vm.Kvm.GetSupportedCpuid();
+        var leaf1 = supported.FirstOrDefault(e => e.Function == 1);
+        vm.WriteGuest(X86MpTable.Address, X86MpTable.Build([.. cpus.Select(c => c.Id)], leaf1.Eax, leaf1.Edx));
+        bool tscDeadline = vm.Kvm.HasCapability(KvmCapability.TscDeadlineTimer);
+        foreach (var cpu in cpus)
+        {
+            SetCpuid(cpu, supported, tscDeadline);
+            SetFirmwareMsrs(cpu);
+        }
         SetRegisters(vcpu.X86, kernelAddress + 0x200);
         return new LinuxBootLayout(kernelAddress, kernelAddress + 0x200, ZeroPageAddress, CommandLineAddress, initrdAddress, initrdSize, map);
     }
@@ -256,17 +276,21 @@ public static class X86LinuxBoot
     }
 
     /// <summary>KVM's supported CPUID with what firmware would add: the APIC id, the hypervisor bit, the KVM signature leaf.</summary>
-    private static void SetCpuid(Vcpu vcpu)
+    private static void SetCpuid(Vcpu vcpu, CpuidEntry[] supported, bool tscDeadline)
     {
-        var entries = vcpu.VirtualMachine.Kvm.GetSupportedCpuid().ToList();
+        var entries = supported.ToList();
         uint apicId = (uint)vcpu.Id;
+        // Bit 24: the TSC-deadline timer, which KVM's local APIC emulates but KVM_GET_SUPPORTED_CPUID
+        // leaves out. Without it Linux calibrates the APIC timer against other clocks, and on a busy
+        // host may give up on it ("APIC timer disabled due to verification failure").
+        uint leaf1Ecx = (1u << 31) | (tscDeadline ? 1u << 24 : 0);
         for (int i = 0; i < entries.Count; i++)
         {
             var e = entries[i];
             entries[i] = e.Function switch
             {
-                // EBX[31:24] initial APIC id; ECX bit 31: running under a hypervisor.
-                1 => e with { Ebx = (e.Ebx & 0x00FFFFFF) | (apicId << 24), Ecx = e.Ecx | (1u << 31) },
+                // EBX[31:24] initial APIC id; ECX bit 31: running under a hypervisor; bit 24 above.
+                1 => e with { Ebx = (e.Ebx & 0x00FFFFFF) | (apicId << 24), Ecx = e.Ecx | leaf1Ecx },
                 // Extended topology: EDX is the x2APIC id.
                 0xB or 0x1F => e with { Edx = apicId },
                 _ => e,
