@@ -14,16 +14,16 @@ namespace KvmSharp.Benchmarks;
 /// </list>
 /// The restore table (<c>--restore-table</c>) runs on arm64 through <see cref="RestoreLoop"/>.
 /// </summary>
-internal static class Arm64Benchmarks
+internal static partial class Arm64Benchmarks
 {
     /// <summary>Exits per timed batch: an arm64 exit in the lab costs several times an x86 one.</summary>
     public const int Exits = 200;
 
     /// <summary>The MMIO exit ways, in table order (the first is the baseline).</summary>
-    public static readonly string[] MmioWays = ["mmio-rawc", "mmio-kvmsharp", "mmio-runner", "mmio-rawc-sigmask"];
+    public static readonly string[] MmioWays = ["mmio-rawc", "mmio-kvmsharp", "mmio-runner", "mmio-rawc-sigmask", "mmio-pinvoke-sigmask"];
 
     /// <summary>The register handler ways, in table order (the first is the baseline).</summary>
-    public static readonly string[] RegisterWays = ["rawc", "lazy", "eager", "eager-kvmsharp", "rawc-sigmask"];
+    public static readonly string[] RegisterWays = ["rawc", "lazy", "eager", "eager-kvmsharp", "rawc-sigmask", "pinvoke-sigmask"];
 
     /// <summary>Every way, by its name on the command line.</summary>
     public static IEnumerable<string> Ways => MmioWays.Concat(RegisterWays);
@@ -34,10 +34,12 @@ internal static class Arm64Benchmarks
         "mmio-rawc-sigmask" => new RawCMmio(signalMask: true),
         "mmio-kvmsharp" => new KvmSharpMmio(),
         "mmio-runner" => new RunnerMmio(),
+        "mmio-pinvoke-sigmask" => new PInvokeMmio(),
         "rawc" => new RawCRegisters(eager: false, signalMask: false),
         "rawc-sigmask" => new RawCRegisters(eager: false, signalMask: true),
         "eager" => new RawCRegisters(eager: true, signalMask: false),
         "lazy" => new KvmSharpLazy(),
+        "pinvoke-sigmask" => new PInvokeRegisters(),
         "eager-kvmsharp" => new KvmSharpEager(),
         _ => throw new ArgumentOutOfRangeException(nameof(way), way, $"Ways: {string.Join(", ", Ways)}."),
     };
@@ -160,6 +162,45 @@ internal static class Arm64Benchmarks
         public override void Dispose() => _guest.Dispose();
     }
 
+    /// <summary>
+    /// The floor for a managed run loop: C# calling ioctl(KVM_RUN) through a bare P/Invoke on a vCPU
+    /// KvmSharp set up and ran once (so its kick signal mask is set: compare with mmio-rawc-sigmask),
+    /// checking each exit as <see cref="Arm64Guest.RunToMmio"/> does, with no library code between runs.
+    /// </summary>
+    private sealed unsafe partial class PInvokeMmio : Arm64Loop
+    {
+        private const uint KvmExitMmio = 6;
+        private readonly Arm64Guest _guest = Make(() => new Arm64Guest(Arm64Guest.StoreW0Code), g => Arm64Guest.RunToMmio(g.Cpu));
+
+        public override void Run(int exits)
+        {
+            int fd = _guest.Cpu.Fd;
+            byte* run = (byte*)_guest.Cpu.RunAddress;
+            byte* mmio = run + Interop.Arm64.kvm_run.ExitUnionOffset;
+            for (int i = 0; i < exits; i++)
+            {
+                if (ioctl(fd, Interop.KvmIoctls.KvmRunNumber, 0) < 0) ThrowRunFailed();
+                // kvm_run.mmio: phys_addr at 0, is_write at 20 (the layout tests check both structs).
+                if (*(uint*)(run + Interop.KvmRunPage.ExitReason) != KvmExitMmio || *(ulong*)mmio != Arm64Guest.MmioAddress || mmio[20] == 0)
+                    ThrowUnexpected(*(uint*)(run + Interop.KvmRunPage.ExitReason));
+            }
+        }
+
+        public override void Dispose() => _guest.Dispose();
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        internal static void ThrowRunFailed() =>
+            throw new InvalidOperationException($"An ioctl failed: errno {System.Runtime.InteropServices.Marshal.GetLastSystemError()}");
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void ThrowUnexpected(uint reason) =>
+            throw new InvalidOperationException($"Expected an MMIO write to 0x{Arm64Guest.MmioAddress:x}, got exit reason {reason}.");
+
+        // A bare import: no SetLastError, blittable arguments (see RawKvmVm's ioctl_hot).
+        [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "ioctl")]
+        internal static partial int ioctl(int fd, nuint request, nint arg);
+    }
+
     // ---- exit handler: read the PC, write X0 ---------------------------------------------------
 
     /// <summary>C: GET_ONE_REG PC, SET_ONE_REG X0, KVM_RUN (or the eager 34 + 34 + 1).</summary>
@@ -179,6 +220,49 @@ internal static class Arm64Benchmarks
         }
 
         public override void Dispose() => _vm.Dispose();
+    }
+
+    /// <summary>
+    /// The floor for a managed handler: C# making raw C's three ioctls (GET_ONE_REG PC, SET_ONE_REG
+    /// X0, KVM_RUN) through a bare P/Invoke on a vCPU KvmSharp set up and ran once (its kick signal
+    /// mask set: compare with rawc-sigmask), with no library code between them.
+    /// </summary>
+    private sealed unsafe class PInvokeRegisters : Arm64Loop
+    {
+        private const uint KvmExitMmio = 6;
+        private readonly Arm64Guest _guest = Make(() => new Arm64Guest(Arm64Guest.StoreX0Code), g =>
+        {
+            Arm64Guest.RunToMmio(g.Cpu);
+            CheckPc(g.Cpu.Arm64.Pc, Arm64Guest.StoreX0Pc);
+        });
+        private ulong _next;
+
+        public override void Run(int exits)
+        {
+            int fd = _guest.Cpu.Fd;
+            byte* run = (byte*)_guest.Cpu.RunAddress;
+            byte* mmio = run + Interop.Arm64.kvm_run.ExitUnionOffset;
+            ulong pcId = Registers.Arm64RegisterIds.Pc, x0Id = Registers.Arm64RegisterIds.X(0);
+            ulong next = _next, value = 0;
+            ulong* arg = stackalloc ulong[2]; // struct kvm_one_reg { __u64 id; __u64 addr; }
+            for (int i = 0; i < exits; i++)
+            {
+                arg[0] = pcId;
+                arg[1] = (ulong)&value;
+                if (PInvokeMmio.ioctl(fd, Interop.KvmIoctls.GetOneRegNumber, (nint)arg) < 0) PInvokeMmio.ThrowRunFailed();
+                CheckPc(value, Arm64Guest.StoreX0Pc);
+                value = ++next;
+                arg[0] = x0Id;
+                if (PInvokeMmio.ioctl(fd, Interop.KvmIoctls.SetOneRegNumber, (nint)arg) < 0) PInvokeMmio.ThrowRunFailed();
+                if (PInvokeMmio.ioctl(fd, Interop.KvmIoctls.KvmRunNumber, 0) < 0) PInvokeMmio.ThrowRunFailed();
+                // kvm_run.mmio: len at 16, data at 8 (the layout tests check the struct).
+                if (*(uint*)(run + Interop.KvmRunPage.ExitReason) != KvmExitMmio || *(uint*)(mmio + 16) != 8 || *(ulong*)(mmio + 8) != next)
+                    ThrowWrongStore(*(int*)(mmio + 16), next);
+            }
+            _next = next;
+        }
+
+        public override void Dispose() => _guest.Dispose();
     }
 
     /// <summary>KvmSharp's register cache: <c>arm.Pc</c>, <c>arm.X0 = …</c>, <see cref="Vcpu.Run"/>.</summary>

@@ -33,6 +33,8 @@ public sealed partial class Vcpu : IDisposable
     private readonly IRegisterSync _registers;
     private readonly IRunHooks _hooks;
     private readonly X86RegisterSync? _x86Hooks; // _hooks when it is x86's, called without interface dispatch
+    private readonly Arm64RegisterSync? _arm64Hooks; // _hooks when it is arm64's, called without interface dispatch
+    private Arm64RegisterSync? _arm64Fast; // _arm64Hooks once Run's arm64 path applies (signal mask set, no dirty ring)
     private readonly Lock _timerLock = new();
     private Timer? _timer;
     private int _timerState; // 0 idle, 1 armed, 2 fired
@@ -54,6 +56,7 @@ public sealed partial class Vcpu : IDisposable
             _ => Pair(new S390xRegisterSync(_core)),
         };
         _x86Hooks = _hooks as X86RegisterSync;
+        _arm64Hooks = _hooks as Arm64RegisterSync;
         if (dirtyRing is not null) _core.OnDirtyRingFull = () => _vm.DirtyTracker!.OnRingFull();
     }
 
@@ -133,7 +136,7 @@ public sealed partial class Vcpu : IDisposable
         get
         {
             CheckAccess();
-            return _registers as Arm64RegisterSync ?? throw NotArch(KvmArchitecture.Arm64);
+            return _arm64Hooks ?? ThrowNotArch<Arm64RegisterSync>(KvmArchitecture.Arm64);
         }
     }
 

@@ -50,6 +50,12 @@ internal static partial class KvmIoctls
     public static readonly KvmIoctl KVM_SET_MP_STATE = KvmIoctl.IOW<kvm_mp_state>(nameof(KVM_SET_MP_STATE), 0x99);
     public static readonly KvmIoctl KVM_GET_ONE_REG = KvmIoctl.IOW<kvm_one_reg>(nameof(KVM_GET_ONE_REG), 0xAB);
     public static readonly KvmIoctl KVM_SET_ONE_REG = KvmIoctl.IOW<kvm_one_reg>(nameof(KVM_SET_ONE_REG), 0xAC);
+
+    /// <summary>KVM_GET_ONE_REG's number, _IOW(KVMIO, 0xab, struct kvm_one_reg) (a test checks it against <see cref="KVM_GET_ONE_REG"/>).</summary>
+    public const uint GetOneRegNumber = 0x4010AEAB;
+
+    /// <summary>KVM_SET_ONE_REG's number, _IOW(KVMIO, 0xac, struct kvm_one_reg) (a test checks it against <see cref="KVM_SET_ONE_REG"/>).</summary>
+    public const uint SetOneRegNumber = 0x4010AEAC;
     public static readonly KvmIoctl KVM_GET_REG_LIST = KvmIoctl.IOWR<kvm_reg_list>(nameof(KVM_GET_REG_LIST), 0xB0);
 
     /// <summary>x86_64 ioctls and those whose number depends on x86 struct sizes.</summary>

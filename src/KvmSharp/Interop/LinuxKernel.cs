@@ -22,6 +22,18 @@ internal sealed class LinuxKernel : IKernel
         return r >= 0 ? r : -Marshal.GetLastSystemError();
     }
 
+    /// <summary>
+    /// <see cref="Ioctl"/> by request number, for hot paths that know the seam is this kernel (the
+    /// arm64 register cache's ONE_REG transfers between two runs): a direct call with a constant
+    /// request, no seam dispatch and no <see cref="KvmIoctl"/> object.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int DirectIoctl(int fd, uint request, nint arg)
+    {
+        int r = Libc.ioctl(fd, request, arg);
+        return r >= 0 ? r : -Marshal.GetLastSystemError();
+    }
+
     private static int Result(int r) => r >= 0 ? r : -Marshal.GetLastPInvokeError();
 
     public int Open(string path, int flags) => Result(Libc.open(path, flags | Libc.O_CLOEXEC));

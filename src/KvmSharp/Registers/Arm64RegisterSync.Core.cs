@@ -119,6 +119,7 @@ public sealed partial class Arm64RegisterSync
     /// <inheritdoc/>
     /// <remarks>X0–X30 (0–30). Wraps KVM_GET_ONE_REG.</remarks>
     /// <exception cref="InvalidOperationException">The vCPU is not initialized.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] // PERF: X0 = … in a hot handler is then a few loads and stores
     public ulong GetGeneralRegister(int index)
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)index, 30u, nameof(index));
@@ -128,6 +129,7 @@ public sealed partial class Arm64RegisterSync
     /// <inheritdoc/>
     /// <remarks>X0–X30 (0–30); the value reaches KVM before the next run. Wraps KVM_SET_ONE_REG.</remarks>
     /// <exception cref="InvalidOperationException">The vCPU is not initialized.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] // PERF: X0 = … in a hot handler is then a few loads and stores
     public void SetGeneralRegister(int index, ulong value)
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThan((uint)index, 30u, nameof(index));
@@ -156,7 +158,7 @@ public sealed partial class Arm64RegisterSync
         if (!_coreDirty[slot])
         {
             _coreDirty[slot] = true;
-            _dirty.Add(slot);
+            _dirtyEntries[_dirtyCount++] = slot;
         }
         return ref _core.At<T>(slot * SlotSize);
     }

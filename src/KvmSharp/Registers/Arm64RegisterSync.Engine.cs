@@ -14,45 +14,63 @@ public sealed partial class Arm64RegisterSync
 
     private void Fetch(int entry)
     {
-        OneReg(KvmIoctls.KVM_GET_ONE_REG, entry);
+        int r = OneReg(KvmIoctls.GetOneRegNumber, entry);
+        if (r < 0) ThrowHelper.ThrowKvm(KvmIoctls.KVM_GET_ONE_REG, r, Details(IdOf(entry)));
         if (entry < CoreSlots) _coreEpoch[entry] = _epoch;
         else _sysEpoch[entry - CoreSlots] = _epoch;
     }
 
-    private void Write(int entry)
+    /// <summary>
+    /// KVM_GET_ONE_REG or KVM_SET_ONE_REG (<paramref name="request"/>: <see cref="KvmIoctls.GetOneRegNumber"/>
+    /// or <see cref="KvmIoctls.SetOneRegNumber"/>) of register <paramref name="entry"/>, to or from its
+    /// cache slot. Returns the result, or -errno.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int OneReg(uint request, int entry)
     {
-        OneReg(KvmIoctls.KVM_SET_ONE_REG, entry);
-        if (entry < CoreSlots) _coreDirty[entry] = false;
-        else _sysDirty[entry - CoreSlots] = false;
-    }
-
-    /// <summary>KVM_GET_ONE_REG or KVM_SET_ONE_REG of register <paramref name="entry"/>, to or from its cache slot.</summary>
-    private void OneReg(KvmIoctl ioctl, int entry)
-    {
-        ulong id = IdOf(entry);
         ref var arg = ref _oneReg.At<kvm_one_reg>(0);
-        arg.id = id;
+        arg.id = IdOf(entry);
         arg.addr = (ulong)AddressOf(entry);
-        int r = _kernel.Ioctl(_vcpu.Fd, ioctl, _oneReg.Address);
-        if (r < 0) ThrowHelper.ThrowKvm(ioctl, r, Details(id));
+        // PERF: with the real kernel a direct libc call with a constant request, as KVM_RUN is: no
+        // seam dispatch and no ioctl object between two runs (the MMIO handler path, see BeforeRun).
+        return _nativeKernel
+            ? LinuxKernel.DirectIoctl(_vcpu.Fd, request, _oneReg.Address)
+            : _kernel.Ioctl(_vcpu.Fd, request == KvmIoctls.GetOneRegNumber ? KvmIoctls.KVM_GET_ONE_REG : KvmIoctls.KVM_SET_ONE_REG, _oneReg.Address);
     }
 
     private string Details(ulong id) => $"vcpu {_vcpu.Id}, register {Arm64RegisterIds.Name(id)} (0x{id:X16})";
 
-    private bool HasDirty => _dirty.Count != 0 || _mpDirty || _eventsDirty;
+    /// <summary>Marks register <paramref name="entry"/> for the next write-back (its dirty flag is set by the caller, once).</summary>
+    private void AddDirty(int entry) => _dirtyEntries[_dirtyCount++] = entry;
 
     /// <summary>Writes every dirty register (in write order), then events, then MP state. A failure leaves the unwritten ones dirty.</summary>
     private void Flush()
     {
-        int done = 0;
-        try
+        for (int done = 0; done < _dirtyCount; done++)
         {
-            for (; done < _dirty.Count; done++) Write(_dirty[done]);
+            int entry = _dirtyEntries[done];
+            int r = OneReg(KvmIoctls.SetOneRegNumber, entry);
+            if (r < 0) FailFlush(done, r);
+            if (entry < CoreSlots) _coreDirty[entry] = false;
+            else _sysDirty[entry - CoreSlots] = false;
         }
-        finally
-        {
-            _dirty.RemoveRange(0, done);
-        }
+        _dirtyCount = 0;
+        if (_eventsDirty || _mpDirty) FlushEventsAndMpState();
+    }
+
+    /// <summary>A KVM_SET_ONE_REG of the write-back failed: the registers before it are written, it and the rest stay dirty, in order.</summary>
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void FailFlush(int done, int r)
+    {
+        ulong id = IdOf(_dirtyEntries[done]);
+        Array.Copy(_dirtyEntries, done, _dirtyEntries, 0, _dirtyCount - done);
+        _dirtyCount -= done;
+        ThrowHelper.ThrowKvm(KvmIoctls.KVM_SET_ONE_REG, r, Details(id));
+    }
+
+    private void FlushEventsAndMpState()
+    {
         if (_eventsDirty)
         {
             int r = _kernel.Ioctl(_vcpu.Fd, KvmIoctls.Arm64.KVM_SET_VCPU_EVENTS, _events.Address);
@@ -68,6 +86,7 @@ public sealed partial class Arm64RegisterSync
     }
 
     /// <summary>Forgets every cached value that is not dirty (dirty ones are newer than KVM's).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void ForgetValues()
     {
         _epoch++;
@@ -108,7 +127,7 @@ public sealed partial class Arm64RegisterSync
             if (CoreValid(i) && !_coreDirty[i])
             {
                 _coreDirty[i] = true;
-                _dirty.Add(i);
+                AddDirty(i);
             }
         }
         for (int i = 0; i < _sysEpoch.Length; i++)
@@ -116,7 +135,7 @@ public sealed partial class Arm64RegisterSync
             if (SysValid(i) && !_sysDirty[i] && Arm64RegisterIds.LevelOf(_sysIds![i]) <= level)
             {
                 _sysDirty[i] = true;
-                _dirty.Add(CoreSlots + i);
+                AddDirty(CoreSlots + i);
             }
         }
         _eventsDirty |= _eventsValid;
@@ -184,12 +203,12 @@ public sealed partial class Arm64RegisterSync
         }
 
         BeginWrite();
-        _dirty.Clear();
+        _dirtyCount = 0;
         for (int e = 0; e < CoreSlots + _sysIds.Length; e++)
         {
             _ = state.TryGet(IdOf(e), out var bytes);
             bytes.CopyTo(Bytes(e));
-            _dirty.Add(e);
+            AddDirty(e);
         }
         Array.Fill(_coreEpoch, _epoch);
         Array.Fill(_coreDirty, true);
@@ -213,20 +232,36 @@ public sealed partial class Arm64RegisterSync
     private static void ThrowNotInitialized() =>
         throw new InvalidOperationException("The arm64 vCPU is not initialized; call Initialize first: KVM returns ENOEXEC before KVM_ARM_VCPU_INIT.");
 
+    void IRunHooks.BeforeRun() => BeforeRun();
+
+    void IRunHooks.AfterRun(int result) => AfterRun(result, _vcpu.RunAddress);
+
+    /// <summary>
+    /// Right before KVM_RUN: writes back what is dirty (one KVM_SET_ONE_REG a register, then events
+    /// and MP state). <see cref="IRunHooks.BeforeRun"/> without an interface dispatch, for Vcpu's
+    /// arm64 fast path; nothing to do costs a few field reads of this object.
+    /// </summary>
+    /// <exception cref="KvmException">A write failed; it and the registers after it stay dirty.</exception>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    void IRunHooks.BeforeRun()
+    internal void BeforeRun()
     {
-        if (HasDirty) Flush();
+        if (_dirtyCount != 0 || _mpDirty || _eventsDirty) Flush();
     }
 
+    /// <summary>
+    /// Right after KVM_RUN returned <paramref name="result"/>, reading the exit from the vCPU's
+    /// <c>kvm_run</c> at <paramref name="run"/>: <see cref="IRunHooks.AfterRun"/> without an interface
+    /// dispatch, for Vcpu's arm64 fast path. Never throws.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    void IRunHooks.AfterRun(int result)
+    internal void AfterRun(int result, nint run)
     {
         // arm64 has no sync regs: the run may have changed every register. A KVM_RUN that returns
         // (EINTR included) has completed any earlier MMIO access; a new MMIO exit leaves one pending.
         ForgetValues();
-        _pendingAccess = result >= 0 && _vcpu.LastExitReason == KvmExitMmio;
-        _pendingIsWrite = _pendingAccess && _vcpu.RunPage[MmioIsWriteOffset] != 0;
+        bool access = result >= 0 && KvmRunPage.ReadUInt32(run, KvmRunPage.ExitReason) == KvmExitMmio;
+        _pendingAccess = access;
+        _pendingIsWrite = access && KvmRunPage.ReadByte(run, MmioIsWriteOffset) != 0;
     }
 
     void IRunHooks.Release()

@@ -50,7 +50,7 @@ public sealed partial class Arm64RegisterSync
         if (!_sysDirty[slot])
         {
             _sysDirty[slot] = true;
-            _dirty.Add(CoreSlots + slot);
+            AddDirty(CoreSlots + slot);
         }
     }
 
@@ -89,6 +89,7 @@ public sealed partial class Arm64RegisterSync
         _sys = new StructView(_sysBuffer, 0, 8 * ids.Length);
         _sysEpoch = new long[ids.Length];
         _sysDirty = new bool[ids.Length];
+        Array.Resize(ref _dirtyEntries, CoreSlots + ids.Length);
         _sysIndex = new Dictionary<ulong, int>(ids.Length);
         for (int i = 0; i < ids.Length; i++) _sysIndex[ids[i]] = i;
         _sysIdsView = Array.AsReadOnly(ids);

@@ -1,6 +1,5 @@
 using System.Collections.ObjectModel;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using KvmSharp.Interop;
 using KvmSharp.Interop.Arm64;
 
@@ -54,6 +53,7 @@ public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
 
     private readonly VcpuCore _vcpu; // the vCPU's lower half: fd, kernel seam, kvm_run, ownership gate
     private readonly IKernel _kernel;
+    private readonly bool _nativeKernel; // the seam is the real kernel: ONE_REG is a direct libc call (see OneReg)
     private readonly NativeBuffer _buffer;
     private readonly StructView _oneReg, _mpState, _init, _events, _core;
     // A value is valid when its epoch is the current one (AfterRun forgets everything by bumping it;
@@ -62,8 +62,13 @@ public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
     private readonly bool[] _coreDirty = new bool[CoreSlots];
     private long _epoch = 1;
 
-    // Dirty registers (entry = core slot, or CoreSlots + system-register slot), in write order.
-    private readonly List<int> _dirty = [];
+    // Dirty registers (entry = core slot, or CoreSlots + system-register slot), in write order: the
+    // first _dirtyCount entries. Each entry is in it at most once (its dirty flag says so), so the
+    // array holds every register (it grows when the system registers become known).
+    // PERF: an array and a count in this object rather than a List: the write-back before each run
+    // reads them with no call (see BeforeRun).
+    private int[] _dirtyEntries = new int[CoreSlots];
+    private int _dirtyCount;
     private bool _mpValid, _mpDirty, _eventsValid, _eventsDirty;
 
     // System registers: KVM_GET_REG_LIST minus core and SVE ids, U32/U64 only; fetched on first need.
@@ -78,14 +83,15 @@ public sealed partial class Arm64RegisterSync : IRegisterSync, IRunHooks
     private bool _initialized;
     private bool _pendingAccess;
     private bool _pendingIsWrite; // the pending access is an MMIO write (kvm_run.mmio.is_write)
-    private static readonly int MmioIsWriteOffset =
-        KvmArchitecture.Arm64.ExitUnionOffset() + (int)Marshal.OffsetOf<kvm_run_mmio>(nameof(kvm_run_mmio.is_write));
+    // kvm_run.mmio.is_write (arm64): the exit union's offset plus the field's (HotPathLayoutTests check it).
+    internal const int MmioIsWriteOffset = Interop.Arm64.kvm_run.ExitUnionOffset + 20;
     private uint _target;
 
     internal Arm64RegisterSync(VcpuCore vcpu)
     {
         _vcpu = vcpu;
         _kernel = vcpu.Kernel;
+        _nativeKernel = vcpu.NativeKernel;
         _buffer = new NativeBuffer(BufferSize);
         _oneReg = new StructView(_buffer, OneRegOffset, 16);
         _mpState = new StructView(_buffer, MpStateOffset, 4);

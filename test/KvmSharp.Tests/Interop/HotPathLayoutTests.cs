@@ -14,6 +14,18 @@ public class HotPathLayoutTests
     public void KvmRunNumber_IsKvmRun() =>
         Assert.That(KvmIoctls.KVM_RUN.Number, Is.EqualTo(KvmIoctls.KvmRunNumber));
 
+    [Test]
+    public void OneRegNumbers_AreTheIoctls()
+    {
+        Assert.That(KvmIoctls.KVM_GET_ONE_REG.Number, Is.EqualTo(KvmIoctls.GetOneRegNumber));
+        Assert.That(KvmIoctls.KVM_SET_ONE_REG.Number, Is.EqualTo(KvmIoctls.SetOneRegNumber));
+    }
+
+    [Test]
+    public void Arm64MmioIsWriteOffset_IsTheField() =>
+        Assert.That(KvmSharp.Interop.Arm64.kvm_run.ExitUnionOffset + (int)Marshal.OffsetOf<kvm_run_mmio>(nameof(kvm_run_mmio.is_write)),
+            Is.EqualTo(KvmSharp.Registers.Arm64RegisterSync.MmioIsWriteOffset));
+
     [TestCase(typeof(KvmSharp.Interop.X86.kvm_run))]
     [TestCase(typeof(KvmSharp.Interop.Arm64.kvm_run))]
     [TestCase(typeof(KvmSharp.Interop.S390x.kvm_run))]

@@ -488,6 +488,55 @@ internal sealed class Arm64RegisterSyncTests : RegisterSyncModelFixture
     }
 
     [Test]
+    public void RunTakesTheArm64FastPath_OnceTheThreadOwnsTheVcpu_WithOrWithoutDirtyRegisters()
+    {
+        using var raw = Vm.CreateVcpu();
+        raw.Arm64.Initialize();
+        Assert.That(raw.CanRunArm64Fast, Is.False, "before the first run (signal mask not set yet)");
+        Assert.That(Cpu.CanRunFast, Is.False, "Run's inlined block is x86's");
+        Guest.Guest = HotExit;
+        Cpu.Run();
+        Assert.That(Cpu.CanRunArm64Fast, Is.True, "nothing dirty");
+        A64.X0 = 1;
+        A64.Pc = A64.Pc; // PC after an MMIO write: completed first, then dirty too
+        Assert.That(Cpu.CanRunArm64Fast, Is.True, "dirty registers are written back with ONE_REG on the fast path");
+        Model.ResetCounts();
+        Cpu.Run();
+        Assert.That((Model.Count(KvmIoctls.KVM_SET_ONE_REG), Model.Count(KvmIoctls.KVM_RUN)), Is.EqualTo((2, 1)));
+        Assert.That(Arm.State(Guest).X(0), Is.EqualTo(1UL));
+        Cpu.Hold();
+        Assert.That(Cpu.CanRunArm64Fast, Is.True, "a run loop (VcpuRunner) takes it too");
+        Cpu.Unhold();
+        Assert.That(Cpu.CanRunArm64Fast, Is.False, "released: the next Run takes the vCPU again first");
+        Cpu.Run();
+        Assert.That(Cpu.CanRunArm64Fast, Is.True);
+    }
+
+    [Test]
+    public void OnTheFastPath_ARefusedWriteBack_KeepsItAndTheRegistersAfterIt_DirtyInOrder()
+    {
+        Guest.Guest = HotExit;
+        Cpu.Run();
+        A64.X1 = 11;
+        A64.Pstate = 0x3C9; // EL2h: needs nested virtualisation
+        A64.X2 = 22;
+        Assert.That(Cpu.CanRunArm64Fast, Is.True);
+        Model.ResetCounts();
+        var e = Assert.Throws<KvmException>(() => Cpu.Run());
+        Assert.That((e!.Operation, e.ErrnoName), Is.EqualTo(("KVM_SET_ONE_REG", "EINVAL")));
+        Assert.That(e.Message, Does.Contain("PSTATE"));
+        Assert.That((Model.Count(KvmIoctls.KVM_SET_ONE_REG), Model.Count(KvmIoctls.KVM_RUN)), Is.EqualTo((2, 0)), "X1, then the refused PSTATE; no entry");
+        Model.Violations.Clear(); // deliberate
+        Assert.That((Cpu.IsRunning, Cpu.CanRunArm64Fast), Is.EqualTo((false, true)), "still this thread's, not running");
+        Assert.That(Arm.State(Guest).X(1), Is.EqualTo(11UL));
+        A64.Pstate = 0x3C5;
+        Model.ResetCounts();
+        Cpu.Run();
+        Assert.That((Model.Count(KvmIoctls.KVM_SET_ONE_REG), Model.Count(KvmIoctls.KVM_RUN)), Is.EqualTo((2, 1)), "PSTATE and X2, once each");
+        Assert.That((Arm.State(Guest).Get(Arm64KernelModel.PstateId), Arm.State(Guest).X(2)), Is.EqualTo((0x3C5UL, 22UL)));
+    }
+
+    [Test]
     public void ASetThatKvmRefuses_FailsAtTheWriteBack_AndStaysDirty()
     {
         A64.Pstate = 0x3C9; // EL2h: needs nested virtualisation
