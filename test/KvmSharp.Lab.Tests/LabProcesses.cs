@@ -52,15 +52,22 @@ internal static class LabProcesses
     public static bool SetChildSubreaper(bool on) => prctl(PrSetChildSubreaper, on ? 1u : 0u, 0, 0, 0) == 0;
 
     /// <summary>
-    /// Reaps <paramref name="pid"/> if it is a child of this process that has ended (adopted as subreaper);
-    /// no-op when it is not this process's child or the runtime reaped it already.
+    /// Reaps <paramref name="pid"/> once it has ended and is this process's child (adopted as subreaper);
+    /// no-op when it still runs or is gone. An orphan that died while its dying parent still held it is
+    /// a zombie that becomes this process's child only a moment later (waitpid: ECHILD until then), so
+    /// this retries for up to 10 s while the zombie exists.
     /// </summary>
     public static void Reap(int pid)
     {
-        if (IsRunning(pid))
-            return;
-        while (waitpid(pid, out _, WNoHang) < 0 && Marshal.GetLastPInvokeError() == EIntr)
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!IsRunning(pid))
         {
+            int r = waitpid(pid, out _, WNoHang);
+            if (r == pid || !File.Exists($"/proc/{pid}/stat") || DateTime.UtcNow > deadline)
+                return;
+            if (r < 0 && Marshal.GetLastPInvokeError() == EIntr)
+                continue;
+            Thread.Sleep(10);
         }
     }
 
