@@ -78,7 +78,7 @@ internal static class LinuxBoot
         using var vm = kvm.CreateVirtualMachine();
         vm.CreateIrqChip();
         vm.CreatePit();
-        vm.AddMemorySlot(0, 256 << 20);
+        vm.AddMemorySlot(0, 256 << 20, hugePages: true);
         using var cpu = vm.CreateVcpu();
         X86LinuxBoot.Load(cpu, LinuxBzImage.Parse(kernelFile), new LinuxBootOptions { CommandLine = commandLine, Initrd = initrd });
         using var uart = new Uart16550(level => vm.SetIrqLine(4, level));

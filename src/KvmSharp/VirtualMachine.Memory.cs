@@ -85,12 +85,22 @@ public sealed partial class VirtualMachine
     /// <param name="guestPhysicalAddress">Page-aligned guest-physical base.</param>
     /// <param name="size">Size in bytes; a non-zero multiple of <see cref="PageSize"/>.</param>
     /// <param name="flags">Read-only and/or dirty logging.</param>
+    /// <param name="hugePages">
+    /// Back the slot with transparent huge pages, as QEMU does for guest RAM: the host memory is mapped
+    /// congruent to <paramref name="guestPhysicalAddress"/> modulo 2 MiB and advised
+    /// <c>MADV_HUGEPAGE</c>, so the kernel can back it with 2 MiB pages and KVM map those with 2 MiB
+    /// nested or extended page-table entries (fewer guest page faults at first touch, fewer TLB misses).
+    /// The memory is then committed 2 MiB at a time as the guest touches it: for big guests (an OS),
+    /// not for many small fuzzing VMs. A hint: where the kernel has no transparent huge pages (or they
+    /// are disabled) the memory is ordinary. Dirty logging still reports 4 KiB pages (KVM splits the
+    /// mappings while it logs).
+    /// </param>
     /// <exception cref="ArgumentException">The address or size is not page-aligned, the size is 0, the range
     /// wraps, it overlaps an existing slot (named in the message) or the arm64 GICv3's frames, or a flag is unknown.</exception>
     /// <exception cref="NotSupportedException">Read-only slots requested but KVM lacks KVM_CAP_READONLY_MEM.</exception>
     /// <exception cref="InvalidOperationException">All KVM_CAP_NR_MEMSLOTS slots are in use.</exception>
     /// <exception cref="KvmException">mmap or the ioctl failed (nothing stays mapped or registered).</exception>
-    public MemorySlot AddMemorySlot(ulong guestPhysicalAddress, ulong size, MemorySlotFlags flags = MemorySlotFlags.None)
+    public MemorySlot AddMemorySlot(ulong guestPhysicalAddress, ulong size, MemorySlotFlags flags = MemorySlotFlags.None, bool hugePages = false)
     {
         ulong page = (ulong)PageSize;
         string range = $"0x{guestPhysicalAddress:X}..0x{guestPhysicalAddress + size:X}";
@@ -120,14 +130,19 @@ public sealed partial class VirtualMachine
             if (slotId >= _maxSlots)
                 throw new InvalidOperationException($"Cannot add memory range {range}: all {_maxSlots} memory slots (KVM_CAP_NR_MEMSLOTS) are in use.");
 
-            var mapping = MappedMemoryHandle.Map(Kernel, size, Libc.PROT_READ | Libc.PROT_WRITE,
-                Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0, out int err);
+            const int prot = Libc.PROT_READ | Libc.PROT_WRITE, mapFlags = Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE;
+            var mapping = hugePages
+                ? MappedMemoryHandle.MapAligned(Kernel, size, HugePageSize, guestPhysicalAddress % HugePageSize, prot, mapFlags, out int err)
+                : MappedMemoryHandle.Map(Kernel, size, prot, mapFlags, -1, 0, out err);
             if (mapping is null)
                 throw new KvmException("mmap", -err, $"guest RAM for slot {slotId}, {range}, size 0x{size:X}");
             try
             {
                 int r = Kernel.Madvise(mapping.DangerousGetHandle(), (nuint)size, Libc.MADV_DONTFORK);
                 if (r < 0) ThrowHelper.ThrowKvm("madvise(MADV_DONTFORK)", r, $"guest RAM for slot {slotId}, {range}");
+                // EINVAL: a kernel without transparent huge pages; the memory stays ordinary (a hint).
+                if (hugePages && (r = Kernel.Madvise(mapping.DangerousGetHandle(), (nuint)size, Libc.MADV_HUGEPAGE)) < 0 && r != -Errno.EINVAL)
+                    ThrowHelper.ThrowKvm("madvise(MADV_HUGEPAGE)", r, $"guest RAM for slot {slotId}, {range}");
                 bool track = DirtyTracker is not null;
                 if (track && (flags & MemorySlotFlags.ReadOnly) == 0) flags |= MemorySlotFlags.LogDirtyPages;
                 SetRegion(slotId, (uint)flags, guestPhysicalAddress, size, mapping.DangerousGetHandle());
@@ -144,6 +159,9 @@ public sealed partial class VirtualMachine
             }
         }
     }
+
+    /// <summary>The size a page-table page maps (a PMD entry): 2 MiB with 4 KiB pages, 32 MiB with 16 KiB, 512 MiB with 64 KiB.</summary>
+    private static ulong HugePageSize => (ulong)PageSize * ((ulong)PageSize / 8);
 
     private void ThrowIfOverlaps(ulong gpa, ulong size, MemorySlot? except, string what = "Memory range")
     {

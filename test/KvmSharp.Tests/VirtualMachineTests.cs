@@ -77,6 +77,66 @@ public class VirtualMachineTests : KvmTestBase
         Assert.That(again.Slot, Is.EqualTo(extra.Slot), "the slot number is reused");
     }
 
+    /// <summary>
+    /// A slot with huge pages: its host memory congruent to its guest address modulo 2 MiB (also at an
+    /// address that is not 2 MiB-aligned), ordinary memory to guest and host, and — where the kernel
+    /// offers transparent huge pages — backed by them once the guest has touched it.
+    /// </summary>
+    [Test]
+    public void HugePageSlots_AreMappedCongruentToTheirAddress_AndBackedByHugePages()
+    {
+        const ulong Data = 0x600000, Size = 0x400000, Odd = 0xA01000;
+        using var g = TestGuest.LongMode(Kvm, a =>
+        {
+            // Store each page's index into its first qword, across both 2 MiB halves.
+            var loop = a.CreateLabel();
+            a.xor(Iced.Intel.AssemblerRegisters.ecx, Iced.Intel.AssemblerRegisters.ecx);
+            a.mov(Iced.Intel.AssemblerRegisters.rbx, Data);
+            a.Label(ref loop);
+            a.mov(Iced.Intel.AssemblerRegisters.__qword_ptr[Iced.Intel.AssemblerRegisters.rbx], Iced.Intel.AssemblerRegisters.rcx);
+            a.add(Iced.Intel.AssemblerRegisters.rbx, 0x1000);
+            a.inc(Iced.Intel.AssemblerRegisters.ecx);
+            a.cmp(Iced.Intel.AssemblerRegisters.ecx, (int)(Size / 0x1000));
+            a.jne(loop);
+            a.hlt();
+        });
+        var data = g.Vm.AddMemorySlot(Data, Size, hugePages: true);
+        var odd = g.Vm.AddMemorySlot(Odd, 0x200000, hugePages: true);
+        const ulong TwoMiB = 0x200000;
+        Assert.That((ulong)data.Mapping.DangerousGetHandle() % TwoMiB, Is.Zero, "2 MiB-aligned like its guest address");
+        Assert.That((ulong)odd.Mapping.DangerousGetHandle() % TwoMiB, Is.EqualTo(Odd % TwoMiB), "congruent to its guest address modulo 2 MiB");
+
+        Assert.That(g.Cpu.Run().Reason, Is.EqualTo(VcpuExitReason.Hlt));
+        for (ulong page = 0; page < Size / 0x1000; page++)
+            Assert.That(data.Read<ulong>(Data + page * 0x1000), Is.EqualTo(page), $"page {page}");
+        odd.Write(Odd + 0x1FFFF8, 0xABCDUL);
+        Assert.That(odd.Span[^8], Is.EqualTo(0xCD));
+
+        string thp = File.ReadAllText("/sys/kernel/mm/transparent_hugepage/enabled");
+        long hugeKb = AnonHugePagesKb((ulong)data.Mapping.DangerousGetHandle());
+        if (thp.Contains("[never]", StringComparison.Ordinal))
+            Assert.That(hugeKb, Is.Zero, "transparent huge pages are off in this kernel");
+        else
+            Assert.That(hugeKb, Is.GreaterThanOrEqualTo(2048), $"THP '{thp.Trim()}': the guest's first touch faulted in huge pages");
+    }
+
+    /// <summary>AnonHugePages of the mapping (VMA) in /proc/self/smaps that contains <paramref name="address"/>.</summary>
+    private static long AnonHugePagesKb(ulong address)
+    {
+        bool inside = false;
+        foreach (string line in File.ReadLines("/proc/self/smaps"))
+        {
+            int dash = line.IndexOf('-');
+            if (dash > 0 && line.IndexOf(' ') > dash && ulong.TryParse(line.AsSpan(0, dash), System.Globalization.NumberStyles.HexNumber, null, out ulong start)
+                && ulong.TryParse(line.AsSpan(dash + 1, line.IndexOf(' ') - dash - 1), System.Globalization.NumberStyles.HexNumber, null, out ulong end))
+                inside = start <= address && address < end;
+            else if (inside && line.StartsWith("AnonHugePages:", StringComparison.Ordinal))
+                return long.Parse(line["AnonHugePages:".Length..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        Assert.Fail($"no mapping in /proc/self/smaps contains 0x{address:X}");
+        return 0;
+    }
+
     [Test]
     public void SlotAccessors_CheckBounds_AndNameTheSlot()
     {

@@ -20,6 +20,7 @@ internal static partial class Libc
     internal const int MAP_NORESERVE = 0x4000;
     internal const int MADV_DONTNEED = 4;
     internal const int MADV_DONTFORK = 10;
+    internal const int MADV_HUGEPAGE = 14;
 
     [LibraryImport(Name, EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     internal static partial int open(string path, int flags);

@@ -32,6 +32,44 @@ internal sealed unsafe class MappedMemoryHandle : SafeBuffer
         return new MappedMemoryHandle(kernel, p, length);
     }
 
+    /// <summary>
+    /// Maps <paramref name="length"/> bytes of anonymous memory at an address congruent to
+    /// <paramref name="phase"/> modulo <paramref name="alignment"/> (a power of two, a multiple of the
+    /// page size): maps <c>length + alignment</c> and unmaps what lies before and after. On failure
+    /// returns null and the negative errno; nothing stays mapped.
+    /// </summary>
+    public static MappedMemoryHandle? MapAligned(IKernel kernel, ulong length, ulong alignment, ulong phase, int prot, int flags, out int error)
+    {
+        System.Diagnostics.Debug.Assert(alignment != 0 && (alignment & (alignment - 1)) == 0 && phase < alignment);
+        ulong padded = length + alignment;
+        nint p = kernel.Mmap((nuint)padded, prot, flags, -1, 0);
+        if (p < 0 && p > -4096)
+        {
+            error = (int)p;
+            return null;
+        }
+        ulong start = ((((ulong)p - phase) + alignment - 1) & ~(alignment - 1)) + phase;
+        if (start < (ulong)p) start += alignment;
+        ulong head = start - (ulong)p, tail = padded - head - length;
+        // Unmapping part of a fresh private mapping fails only with ENOMEM (the split needs a new VMA
+        // and the process is at its map count): then all of it goes back.
+        int r = head > 0 ? kernel.Munmap(p, (nuint)head) : 0;
+        if (r < 0)
+        {
+            kernel.Munmap(p, (nuint)padded);
+            error = r;
+            return null;
+        }
+        if (tail > 0 && (r = kernel.Munmap((nint)(start + length), (nuint)tail)) < 0)
+        {
+            kernel.Munmap((nint)start, (nuint)(length + tail));
+            error = r;
+            return null;
+        }
+        error = 0;
+        return new MappedMemoryHandle(kernel, (nint)start, length);
+    }
+
     /// <summary>The mapped address. Valid only while the handle is not released.</summary>
     public byte* Pointer => (byte*)handle;
 
