@@ -1,10 +1,12 @@
 // LinuxGuest: boots a stock Linux kernel to a busybox shell on a 16550 serial console, on /dev/kvm
-// (or in a KvmSharp.Lab machine where there is none). Interactive in a terminal: what you type goes
-// to the guest's serial port, `reboot -f` (or Ctrl+]) ends it. `--run "CMD"` runs one command in the
-// guest, prints its output and exits with its exit status when the guest powers off.
+// (or in a KvmSharp.Lab machine where there is none). In a terminal, a login shell: what you type
+// goes to the guest's serial port; `reboot -f` or Ctrl+] ends it. `--run "CMD"` runs one command in
+// the guest, prints its output and exits with its exit status when the guest powers off; input
+// piped in is a script run the same way.
 //
 //   dotnet run --project samples/LinuxGuest -- --run "uname -a"
-//   dotnet run --project samples/LinuxGuest                  # a shell (needs /dev/kvm here: the lab has no stdin)
+//   dotnet run --project samples/LinuxGuest                  # a shell
+//   echo 'cat /proc/cpuinfo' | dotnet run --project samples/LinuxGuest   # a script
 //
 // Options: --kernel FILE (a bzImage; default Debian's linux-image-amd64, fetched and cached the way
 // KvmSharp.Lab provisions its machines), --busybox FILE (a static busybox; default Debian's
@@ -27,11 +29,31 @@ if (memoryMiB < 0) return Usage("--memory takes a number of MiB, at least 128");
 int cpuCount = int.TryParse(Option("--cpus") ?? "1", out var c) && c >= 1 ? c : -1;
 if (cpuCount < 0) return Usage("--cpus takes a number of vCPUs, at least 1");
 
+// Three ways to run: --run "CMD"; a terminal (a login shell, keys to the guest); or input piped in,
+// which is a script run like --run's command. In a terminal the terminal goes raw (no line editing,
+// echo or signals here: the guest's shell does them) before a relaunch too: the lab then carries its
+// bytes to this program inside, whose input is no terminal any more, so the variable tells it.
+const string TerminalVariable = "LINUXGUEST_TERMINAL";
+bool interactive = command is null && (!Console.IsInputRedirected || Environment.GetEnvironmentVariable(TerminalVariable) == "1");
+using var terminal = interactive ? Terminal.Raw() : null;
+
 // The guest is x86_64; where this process cannot open /dev/kvm, run in the x86_64 lab machine. The
 // line saying where goes to stderr, so that --run's stdout is the command's output alone.
-var lab = new LabOptions { Log = Console.Error, Architecture = LabArchitecture.X86_64 };
+var lab = new LabOptions
+{
+    Log = Console.Error,
+    Architecture = LabArchitecture.X86_64,
+    Environment = new Dictionary<string, string?> { [TerminalVariable] = interactive ? "1" : null },
+};
 if (KvmLab.RelaunchIfNeeded(args, lab) is int labExitCode)
     return labExitCode;
+
+if (command is null && !interactive)
+{
+    command = await new StreamReader(Console.OpenStandardInput()).ReadToEndAsync();
+    if (string.IsNullOrWhiteSpace(command))
+        return Usage("the input piped in is empty: give a script, or run in a terminal");
+}
 
 var images = Option("--kernel") is null || Option("--busybox") is null ? KvmLab.ProvisionGuestImages(lab) : null;
 byte[] kernelFile = File.ReadAllBytes(Option("--kernel") ?? images!.KernelImage);
@@ -52,7 +74,7 @@ if (kvm.Architecture != KvmArchitecture.X86_64)
 using var vm = kvm.CreateVirtualMachine();
 vm.CreateIrqChip();
 vm.CreatePit();
-vm.AddMemorySlot(0, (ulong)memoryMiB << 20);
+vm.AddMemorySlot(0, (ulong)memoryMiB << 20, hugePages: true);
 var vcpus = Enumerable.Range(0, cpuCount).Select(_ => vm.CreateVcpu()).ToList();
 X86LinuxBoot.Load(vcpus[0], LinuxBzImage.Parse(kernelFile), new LinuxBootOptions { CommandLine = commandLine, Initrd = initrd });
 
@@ -65,10 +87,10 @@ bus.MapPorts(ResetDevice.KeyboardControllerPort, 1, new ResetDevice());
 
 // One thread per vCPU; vCPU 0 boots, the others wait in KVM until its kernel starts them.
 var cpuThreads = vcpus.Select(v => new VcpuThread(v, bus)).ToList();
-var console = command is null ? CopyToTerminalAsync(uart.Output) : CommandOutputAsync(uart.Output);
-using var terminal = command is null ? Terminal.Raw() : null;
+var shellReady = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+var console = command is null ? CopyToTerminalAsync(uart.Output, shellReady) : CommandOutputAsync(uart.Output);
 if (command is null)
-    _ = ForwardInputAsync(uart.Input, cpuThreads[0]);
+    _ = ForwardInputAsync(uart.Input, cpuThreads[0], shellReady.Task);
 
 // The run ends when one vCPU's loop does (the one that reset the machine, or vCPU 0 on Ctrl+]).
 RunResult end = await await Task.WhenAny(cpuThreads.Select(t => t.Completion));
@@ -76,7 +98,6 @@ foreach (var thread in cpuThreads) thread.Dispose();
 foreach (var v in vcpus) v.Dispose();
 uart.Dispose();  // ends the console reader
 int? status = await console;
-terminal?.Dispose();
 if (end.Reason != RunStopReason.GuestReset && end.Reason != RunStopReason.StopRequested)
 {
     Console.Error.WriteLine($"LinuxGuest: the guest stopped unexpectedly: {end}");
@@ -100,11 +121,30 @@ static byte[] BuildInitramfs(byte[] busybox, string? command)
     return builder.ToArray();
 }
 
-// Interactive: the console as it comes.
-static async Task<int?> CopyToTerminalAsync(PipeReader output)
+// Interactive: the console as it comes; the init's banner says the shell is about to read.
+static async Task<int?> CopyToTerminalAsync(PipeReader output, TaskCompletionSource shellReady)
 {
-    await output.CopyToAsync(Console.OpenStandardOutput());
-    return null;
+    var stdout = Console.OpenStandardOutput();
+    var recent = new StringBuilder();
+    while (true)
+    {
+        var read = await output.ReadAsync();
+        foreach (var segment in read.Buffer)
+        {
+            await stdout.WriteAsync(segment);
+            if (!shellReady.Task.IsCompleted)
+            {
+                recent.Append(Encoding.Latin1.GetString(segment.Span));
+                if (recent.ToString().Contains(Init.Banner, StringComparison.Ordinal))
+                    shellReady.TrySetResult();
+                else if (recent.Length > 4096)
+                    recent.Remove(0, recent.Length - Init.Banner.Length);
+            }
+        }
+        await stdout.FlushAsync();
+        output.AdvanceTo(read.Buffer.End);
+        if (read.IsCompleted) return null;
+    }
 }
 
 // --run: only what the command printed, and its exit status from the marker after it.
@@ -138,18 +178,26 @@ static async Task<int?> CommandOutputAsync(PipeReader output)
     }
 }
 
-// Interactive: keystrokes to the guest's serial port; Ctrl+] stops the VM.
-static async Task ForwardInputAsync(PipeWriter input, VcpuThread cpu)
+// Interactive: keystrokes to the guest's serial port, held until its shell is up (the serial
+// driver's start-up empties the UART's FIFO: earlier keys could be lost); Ctrl+] or the end of the
+// input stops the VM.
+static async Task ForwardInputAsync(PipeWriter input, VcpuThread cpu, Task shellReady)
 {
     var stdin = Console.OpenStandardInput();
     var buffer = new byte[256];
+    bool waited = false;
     while (await stdin.ReadAsync(buffer) is int n and > 0)
     {
+        if (!waited)
+        {
+            await shellReady;
+            waited = true;
+        }
         int stop = Array.IndexOf(buffer, (byte)0x1D, 0, n);
         await input.WriteAsync(buffer.AsMemory(0, stop >= 0 ? stop : n));
         if (stop >= 0) break;
     }
-    cpu.Stop(); // end of input or Ctrl+]
+    cpu.Stop();
 }
 
 static int Usage(string problem)
@@ -188,6 +236,8 @@ sealed class Terminal : IDisposable
 // shell on the serial port; `reboot -f` then ends the VM (reboot=k: the keyboard controller's reset).
 static class Init
 {
+    public const string Banner = "LinuxGuest: busybox on ";
+
     public const string Script = """
         #!/bin/busybox sh
         /bin/busybox --install -s /bin

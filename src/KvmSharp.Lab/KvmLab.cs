@@ -73,19 +73,20 @@ public static class KvmLab
     /// <exception cref="LabTimeoutException">The machine did not boot, or the command did not end, in time; QEMU was killed.</exception>
     /// <exception cref="LabException">The mode demands native KVM and there is none, QEMU failed, or the machine ended without an exit code.</exception>
     public static Task<LabResult> RunAsync(IReadOnlyList<string> command, LabOptions? options = null, CancellationToken cancellationToken = default) =>
-        RunCoreAsync(command, options ?? new LabOptions(), [], cancellationToken);
+        RunCoreAsync(command, options ?? new LabOptions(), [], carryInput: true, cancellationToken);
 
     // forwardedArguments: indexes of arguments that name host Unix sockets to carry into a lab
     // machine (each is replaced there by the path where the machine's relay listens); ignored natively.
+    // carryInput: false gives a lab machine's command no standard input whatever the options say.
     private static async Task<LabResult> RunCoreAsync(IReadOnlyList<string> command, LabOptions options, IReadOnlyList<int> forwardedArguments,
-        CancellationToken cancellationToken)
+        bool carryInput, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(command);
         if (command.Count == 0 || string.IsNullOrEmpty(command[0]))
             throw new ArgumentException("The command is empty: give at least the program to run.", nameof(command));
         if (ResolveNative(options) is { } location)
             return await NativeRun.RunAsync(command, options, location, cancellationToken).ConfigureAwait(false);
-        return await LabMachine.RunAsync(command, options, options.Architecture, forwardedArguments, cancellationToken).ConfigureAwait(false);
+        return await LabMachine.RunAsync(command, options, options.Architecture, forwardedArguments, carryInput, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -99,6 +100,9 @@ public static class KvmLab
     /// <para>Under <c>dotnet test</c> (Microsoft.Testing.Platform), the test application's pipe to
     /// <c>dotnet test</c> (<c>--dotnet-test-pipe</c>) is carried into the machine over a virtio serial
     /// port, so results, filters and the summary work exactly as for a native run.</para>
+    /// <para>This process's standard input (<see cref="LabOptions.StandardInput"/>) is carried to the
+    /// relaunched program, which reads it from a character device, not a terminal: a program that
+    /// wants a raw terminal sets this process's terminal up before the call.</para>
     /// <para>For a machine of another architecture (e.g. arm64 on an x86_64 host) the program must
     /// have a build for it in <c>lab-linux-arm64/</c> beside itself: the KvmSharp.Lab package's build
     /// targets publish one when the project sets <c>KvmLabArchitecture</c> to <c>arm64</c>.</para>
@@ -141,7 +145,8 @@ public static class KvmLab
             using var signals = new SignalCancellation();
             try
             {
-                return RunCoreAsync(command, options, forwards, signals.Token).GetAwaiter().GetResult().ExitCode;
+                // Under dotnet test the test application reads no input: its standard input stays here.
+                return RunCoreAsync(command, options, forwards, carryInput: pipe < 0, signals.Token).GetAwaiter().GetResult().ExitCode;
             }
             catch (OperationCanceledException) when (signals.ExitCode != 0)
             {

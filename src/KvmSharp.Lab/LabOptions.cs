@@ -67,6 +67,17 @@ public sealed class LabOptions
     /// </summary>
     public TextWriter? Log { get; init; }
 
+    /// <summary>
+    /// What the command reads as its standard input. Null (the default): this process's standard
+    /// input — inherited natively; in a lab machine carried over a virtio serial port (unless it is
+    /// <c>/dev/null</c>), where the command reads it from a character device, not a terminal.
+    /// <see cref="Stream.Null"/>: no input (the command reads end of file at once). Any other stream
+    /// is copied to the command as it can be read; its end is the end of the command's input. The
+    /// copy runs on a thread of its own that may stay blocked in a read (of a terminal, say) after the
+    /// command has ended.
+    /// </summary>
+    public Stream? StandardInput { get; init; }
+
     /// <summary>Where the command's standard output goes (default: this process's standard output).</summary>
     public Stream? StandardOutput { get; init; }
 

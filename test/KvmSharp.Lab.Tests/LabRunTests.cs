@@ -50,6 +50,7 @@ public class LabRunTests
     {
         Architecture = arch,
         Mode = LabMode.Lab,
+        StandardInput = Stream.Null,
         StandardOutput = output.Stdout,
         StandardError = output.Stderr,
         Log = output.Log,
@@ -73,6 +74,7 @@ public class LabRunTests
             {
                 Architecture = LabArchitecture.X86_64,
                 Mode = LabMode.Lab,
+                StandardInput = Stream.Null,
                 StandardOutput = output.Stdout,
                 StandardError = output.Stderr,
                 Log = output.Log,
@@ -80,7 +82,8 @@ public class LabRunTests
                 WorkingDirectory = folder,
                 Environment = new Dictionary<string, string?> { ["LAB_TEST_VALUE"] = "it's \"quoted\" $HOME", ["HOME"] = null },
             };
-            var result = KvmLab.RunAsync(["sh", "-c", "echo out; echo err >&2; echo \"$LAB_TEST_VALUE\"; pwd; echo \"home=${HOME-unset}\"; test -c /dev/kvm && echo kvm; exit 42"], options)
+            // No input (Stream.Null): cat reads end of file at once.
+            var result = KvmLab.RunAsync(["sh", "-c", "cat; echo out; echo err >&2; echo \"$LAB_TEST_VALUE\"; pwd; echo \"home=${HOME-unset}\"; test -c /dev/kvm && echo kvm; exit 42"], options)
                 .GetAwaiter().GetResult();
 
             Assert.That(result.ExitCode, Is.EqualTo(42));
@@ -95,6 +98,30 @@ public class LabRunTests
         {
             Directory.Delete(folder, recursive: true);
         }
+    }
+
+    [Test]
+    public void StandardInput_ReachesTheCommandOverItsPort_AndItsEndIsEndOfFile()
+    {
+        var output = new Output();
+        // More than a socket buffer and a virtio queue hold, so the machine's reads must keep pace with the host's writes.
+        byte[] bulk = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Range(0, 40_000).Select(i => $"line {i}\n")));
+        var input = new MemoryStream([.. Encoding.ASCII.GetBytes("first\nsecond\n"), .. bulk]);
+        var options = new LabOptions
+        {
+            Architecture = LabArchitecture.X86_64,
+            Mode = LabMode.Lab,
+            StandardInput = input,
+            StandardOutput = output.Stdout,
+            StandardError = output.Stderr,
+            Log = output.Log,
+            BootTimeout = Generous,
+        };
+        var result = KvmLab.RunAsync(["sh", "-c", "test -t 0 && echo tty; read a; read b; echo \"$b,$a\"; cat | sha256sum; echo end"], options)
+            .GetAwaiter().GetResult();
+        string sha = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bulk));
+        Assert.That((result.ExitCode, output.Out), Is.EqualTo((0, $"second,first\n{sha}  -\nend\n")),
+            "the lines in order, every byte after them, and then end of file (else cat would wait for ever); not a terminal");
     }
 
     [Test]

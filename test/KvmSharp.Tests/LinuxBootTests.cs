@@ -15,8 +15,8 @@ public class LinuxBootTests : KvmTestBase
     [Test]
     public void BootsToInit_RunsCommandsOverTheUart_AndItsRebootEndsTheRun()
     {
-        using var g = new LinuxTestGuest(Kvm);
-        string boot = g.WaitForInit();
+        using var g = LinuxTestGuest.Boot(Kvm);
+        string boot = g.Console;
         Assert.That(boot, Does.Contain($"{LinuxTestGuest.InitMarker} {LinuxTestGuest.KernelRelease}"), "init ran, on the kernel that was loaded");
         Assert.That(boot, Does.Contain("Hypervisor detected: KVM"), "CPUID has the KVM signature leaf");
         Assert.That(boot, Does.Contain($"Command line: {LinuxTestGuest.CommandLine}"), "the kernel read the command line from the zero page");
@@ -55,8 +55,8 @@ public class LinuxBootTests : KvmTestBase
     [Test]
     public void TwoVcpus_BothComeUp_AndRunProcesses()
     {
-        using var g = new LinuxTestGuest(Kvm, cpus: 2);
-        string boot = g.WaitForInit();
+        using var g = LinuxTestGuest.Boot(Kvm, cpus: 2);
+        string boot = g.Console;
         Assert.That(boot, Does.Contain("smp: Brought up 1 node, 2 CPUs"), "vCPU 0's kernel started vCPU 1 with INIT/SIPI through KVM's local APICs");
         Assert.That(g.Run("nproc"), Is.EqualTo(("2\n", 0)));
         // Both CPUs take timer interrupts: the local timer line counts on each.
@@ -70,8 +70,7 @@ public class LinuxBootTests : KvmTestBase
     [Test]
     public void SnapshotOfABootedGuest_RestoredShellStillAnswers()
     {
-        using var g = new LinuxTestGuest(Kvm);
-        g.WaitForInit();
+        using var g = LinuxTestGuest.Boot(Kvm);
         Assert.That(g.Run("echo before"), Is.EqualTo(("before\n", 0)));
         g.Thread.Pause();
         var snapshot = g.Vm.CreateSnapshot();

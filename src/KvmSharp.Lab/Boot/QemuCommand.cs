@@ -12,7 +12,7 @@ internal sealed record SocketForward(string HostPath, string PortName, string Gu
 internal static class QemuCommand
 {
     public static IReadOnlyList<string> Arguments(LabArchitecture arch, LabOptions options, LabAssets assets, string initrd,
-        string runDirectory, IReadOnlyList<SocketForward> forwards)
+        string runDirectory, IReadOnlyList<SocketForward> forwards, string? inputSocket = null)
     {
         var args = new List<string> { "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none" };
         string console;
@@ -37,12 +37,16 @@ internal static class QemuCommand
         // The host's whole tree, so that the command, its files and its tools are the host's own.
         args.AddRange(["-fsdev", "local,id=hostroot,path=/,security_model=passthrough,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"]);
-        if (forwards.Count > 0)
+        if (forwards.Count > 0 || inputSocket is not null)
         {
             args.AddRange(["-device", "virtio-serial-pci,id=labserial"]);
             for (int i = 0; i < forwards.Count; i++)
                 args.AddRange(["-chardev", $"socket,id=forward{i},path={forwards[i].HostPath.Replace(",", ",,", StringComparison.Ordinal)}",
                     "-device", $"virtserialport,bus=labserial.0,chardev=forward{i},name={forwards[i].PortName}"]);
+            // The command's standard input (Running.InputRelay): the run script reads it from this port.
+            if (inputSocket is not null)
+                args.AddRange(["-chardev", $"socket,id=stdin,path={inputSocket.Replace(",", ",,", StringComparison.Ordinal)}",
+                    "-device", $"virtserialport,bus=labserial.0,chardev=stdin,name={Running.InputRelay.PortName}"]);
         }
         return args;
     }

@@ -6,16 +6,17 @@ namespace KvmSharp.Lab.Running;
 
 /// <summary>
 /// Runs one command in a fresh lab machine: provisions, writes the run folder (the command's
-/// script, the initramfs, a tmpfs mount point), boots QEMU, streams the command's output as the
-/// machine writes it, and returns the exit code the machine's init recorded. QEMU never outlives
-/// the call, and the run folder is removed.
+/// script, the initramfs, a tmpfs mount point), boots QEMU, feeds the command's input
+/// (<see cref="InputRelay"/>), streams the command's output as the machine writes it, and returns
+/// the exit code the machine's init recorded. QEMU never outlives the call, and the run folder is
+/// removed.
 /// </summary>
 internal static class LabMachine
 {
     private static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(50);
 
     public static async Task<LabResult> RunAsync(IReadOnlyList<string> command, LabOptions options, LabArchitecture arch,
-        IReadOnlyList<int> forwardedArguments, CancellationToken cancellationToken)
+        IReadOnlyList<int> forwardedArguments, bool carryInput, CancellationToken cancellationToken)
     {
         var assets = new Provisioner(options, arch).Ensure();
         string runDirectory = CreateRunDirectory();
@@ -31,16 +32,18 @@ internal static class LabMachine
             command = rewritten;
         }
         QemuProcess? qemu = null;
+        InputRelay? input = null;
         try
         {
             Directory.CreateDirectory(Path.Combine(runDirectory, "tmp"));
             File.CreateSymbolicLink(Path.Combine(runDirectory, "busybox"), assets.Busybox);
-            File.WriteAllText(Path.Combine(runDirectory, "run.sh"), RunScript.Build(command, options, arch, runDirectory, assets, forwards));
+            input = carryInput ? InputRelay.Create(options, runDirectory) : null;
+            File.WriteAllText(Path.Combine(runDirectory, "run.sh"), RunScript.Build(command, options, arch, runDirectory, assets, forwards, input is not null));
             string initrd = Path.Combine(runDirectory, "initrd.cpio");
             Initramfs.Write(initrd, assets);
 
             var clock = Stopwatch.StartNew();
-            qemu = QemuProcess.Start(assets.Qemu, QemuCommand.Arguments(arch, options, assets, initrd, runDirectory, forwards), options.SearchPath);
+            qemu = QemuProcess.Start(assets.Qemu, QemuCommand.Arguments(arch, options, assets, initrd, runDirectory, forwards, input?.SocketPath), options.SearchPath);
 
             // Boot: until the init says it is ready, QEMU ends, the boot timeout or cancellation.
             var bootDeadline = Task.Delay(options.BootTimeout, CancellationToken.None);
@@ -104,6 +107,7 @@ internal static class LabMachine
         finally
         {
             qemu?.Dispose();
+            input?.Dispose();
             try
             {
                 Directory.Delete(runDirectory, recursive: true);

@@ -9,6 +9,8 @@ internal static class NativeRun
     {
         var psi = new ProcessStartInfo(command[0])
         {
+            // Null: the command inherits this process's standard input; else it reads the given stream.
+            RedirectStandardInput = options.StandardInput is not null,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
@@ -32,6 +34,8 @@ internal static class NativeRun
         {
             throw new LabException($"Could not start {command[0]}: {e.Message}", e);
         }
+        if (options.StandardInput is { } input)
+            FeedInput(input, process.StandardInput.BaseStream);
         var copies = Task.WhenAll(
             CopyAsync(process.StandardOutput.BaseStream, options.StandardOutput ?? Console.OpenStandardOutput()),
             CopyAsync(process.StandardError.BaseStream, options.StandardError ?? Console.OpenStandardError()));
@@ -59,6 +63,32 @@ internal static class NativeRun
                 await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>Copies <paramref name="input"/> to the command on a thread of its own (a read may block for ever), then closes its end.</summary>
+    private static void FeedInput(Stream input, Stream stdin)
+    {
+        new Thread(() =>
+        {
+            try
+            {
+                input.CopyTo(stdin);
+            }
+            catch (IOException)
+            {
+                // The command closed its input or ended.
+            }
+            finally
+            {
+                try
+                {
+                    stdin.Dispose();
+                }
+                catch (IOException)
+                {
+                }
+            }
+        }) { IsBackground = true, Name = "kvmsharp-lab stdin" }.Start();
     }
 
     private static async Task CopyAsync(Stream from, Stream to)

@@ -16,7 +16,7 @@ internal static class RunScript
     private static readonly HashSet<string> Dropped = new(StringComparer.Ordinal) { "_", "SHLVL", "PWD", "OLDPWD" };
 
     public static string Build(IReadOnlyList<string> command, LabOptions options, LabArchitecture arch, string runDirectory,
-        LabAssets assets, IReadOnlyList<SocketForward> forwards)
+        LabAssets assets, IReadOnlyList<SocketForward> forwards, bool input = false)
     {
         var environment = Environment(options);
         environment[KvmLab.InsideVariable] = arch.Name();
@@ -38,6 +38,12 @@ internal static class RunScript
         string directory = options.WorkingDirectory ?? System.Environment.CurrentDirectory;
         script.Append("cd ").Append(Quote(directory)).Append(" || { echo ").Append(Quote($"kvmsharp-lab: cannot enter {directory} in the lab machine"))
               .Append(" >&2; exit 125; }\n");
+        if (input)
+        {
+            // Standard input: the virtio port the host feeds (InputRelay), found by its name; else /dev/null.
+            script.Append("for port in /sys/class/virtio-ports/*; do [ \"$(cat \"$port/name\" 2>/dev/null)\" = ")
+                  .Append(InputRelay.PortName).Append(" ] && exec < \"/dev/${port##*/}\"; done\n");
+        }
         script.Append("exec");
         foreach (string arg in command)
             script.Append(' ').Append(Quote(arg));
