@@ -30,8 +30,10 @@ internal static class QemuCommand
         }
         args.AddRange(["-accel", "tcg,thread=multi", "-smp", options.Cpus.ToString(System.Globalization.CultureInfo.InvariantCulture),
             "-m", options.MemoryMiB.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        // cryptomgr.notests: the crypto self-tests, slow under emulation, once held a CPU long enough
+        // for a soft lockup that outlasted the boot timeout; a lab machine needs none of them.
         args.AddRange(["-kernel", assets.KernelImage, "-initrd", initrd,
-            "-append", $"console={console} quiet panic=-1 kvmsharp.run={runDirectory}"]);
+            "-append", $"console={console} quiet panic=-1 cryptomgr.notests kvmsharp.run={runDirectory}"]);
         // The console (kernel messages and the init's status lines) is QEMU's standard output.
         args.AddRange(["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
         // The host's whole tree, so that the command, its files and its tools are the host's own.
