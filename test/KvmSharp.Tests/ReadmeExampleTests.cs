@@ -76,7 +76,7 @@ public partial class ReadmeExampleTests : KvmTestBase
         using var kvm = Kvm.Open();
         using var vm = kvm.CreateVirtualMachine();
         vm.CreateIrqChip(); vm.CreatePit();                       // before the vCPU
-        vm.AddMemorySlot(0, 256 << 20);
+        vm.AddMemorySlot(0, 256 << 20, hugePages: true);         // RAM in transparent huge pages, as QEMU
         using var vcpu = vm.CreateVcpu();
         X86LinuxBoot.Load(vcpu, LinuxBzImage.Parse(File.ReadAllBytes("bzImage")), new LinuxBootOptions
             { CommandLine = X86LinuxBoot.MinimalCommandLine + " console=ttyS0", Initrd = File.ReadAllBytes("initramfs.cpio") });
