@@ -78,7 +78,8 @@ internal sealed class InputRelay : IDisposable
         try
         {
             using var connection = _listener.Accept(); // QEMU connects as it starts
-            _connection = connection;
+            // Published before the check: a Dispose that ran in between sees it, or this sees Dispose.
+            Interlocked.Exchange(ref _connection, connection); // a full fence: no store-load reordering with the check below
             if (Volatile.Read(ref _disposed) != 0)
                 return;
             var buffer = new byte[16 * 1024];
@@ -106,7 +107,7 @@ internal sealed class InputRelay : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
             return;
         _listener.Dispose();
-        _connection?.Dispose();
+        Volatile.Read(ref _connection)?.Dispose();
         try
         {
             File.Delete(SocketPath);
