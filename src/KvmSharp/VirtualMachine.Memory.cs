@@ -87,13 +87,14 @@ public sealed partial class VirtualMachine
     /// <param name="flags">Read-only and/or dirty logging.</param>
     /// <param name="hugePages">
     /// Back the slot with transparent huge pages, as QEMU does for guest RAM: the host memory is mapped
-    /// congruent to <paramref name="guestPhysicalAddress"/> modulo 2 MiB and advised
-    /// <c>MADV_HUGEPAGE</c>, so the kernel can back it with 2 MiB pages and KVM map those with 2 MiB
-    /// nested or extended page-table entries (fewer guest page faults at first touch, fewer TLB misses).
-    /// The memory is then committed 2 MiB at a time as the guest touches it: for big guests (an OS),
-    /// not for many small fuzzing VMs. A hint: where the kernel has no transparent huge pages (or they
-    /// are disabled) the memory is ordinary. Dirty logging still reports 4 KiB pages (KVM splits the
-    /// mappings while it logs).
+    /// congruent to <paramref name="guestPhysicalAddress"/> modulo the huge-page size (2 MiB with 4 KiB
+    /// pages) and advised <c>MADV_HUGEPAGE</c>, so the kernel can back it with huge pages and KVM map
+    /// those with huge nested or extended page-table entries (fewer guest page faults at first touch,
+    /// fewer TLB misses). The memory is then committed 2 MiB at a time as the guest touches it: for big
+    /// guests (an OS), not for many small fuzzing VMs. A hint: where the kernel has no transparent huge
+    /// pages (or they are disabled) the memory is ordinary. Dirty logging still reports 4 KiB pages (KVM
+    /// splits the mappings while it logs), and may report a page the guest only read once its huge
+    /// page is populated.
     /// </param>
     /// <exception cref="ArgumentException">The address or size is not page-aligned, the size is 0, the range
     /// wraps, it overlaps an existing slot (named in the message) or the arm64 GICv3's frames, or a flag is unknown.</exception>
