@@ -50,7 +50,7 @@ if (KvmLab.RelaunchIfNeeded(args, lab) is int labExitCode)
 
 if (command is null && !interactive)
 {
-    command = await new StreamReader(Console.OpenStandardInput()).ReadToEndAsync();
+    command = await new StreamReader(StandardInput()).ReadToEndAsync();
     if (string.IsNullOrWhiteSpace(command))
         return Usage("the input piped in is empty: give a script, or run in a terminal");
 }
@@ -183,7 +183,7 @@ static async Task<int?> CommandOutputAsync(PipeReader output)
 // input stops the VM.
 static async Task ForwardInputAsync(PipeWriter input, VcpuThread cpu, Task shellReady)
 {
-    var stdin = Console.OpenStandardInput();
+    var stdin = StandardInput();
     var buffer = new byte[256];
     bool waited = false;
     while (await stdin.ReadAsync(buffer) is int n and > 0)
@@ -199,6 +199,10 @@ static async Task ForwardInputAsync(PipeWriter input, VcpuThread cpu, Task shell
     }
     cpu.Stop();
 }
+
+// File descriptor 0 as it is. Not Console.OpenStandardInput(): on a terminal .NET reads that a line
+// at a time through its own line editor, so Ctrl+] (or any key before Enter) would not arrive.
+static Stream StandardInput() => new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, bufferSize: 0);
 
 static int Usage(string problem)
 {

@@ -40,7 +40,7 @@ internal sealed class InputRelay : IDisposable
         {
             if (!HasStandardInput())
                 return null;
-            input = Console.OpenStandardInput();
+            input = OpenStandardInput();
         }
         string path = Path.Combine(runDirectory, "stdin.sock");
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
@@ -58,6 +58,14 @@ internal sealed class InputRelay : IDisposable
         new Thread(relay.Pump) { IsBackground = true, Name = "kvmsharp-lab stdin" }.Start();
         return relay;
     }
+
+    /// <summary>
+    /// This process's file descriptor 0 as a plain unbuffered stream. Not <see cref="Console.OpenStandardInput()"/>:
+    /// on a terminal .NET reads that a line at a time through its own line editor, so a key without
+    /// Enter (Ctrl+] for a VMM, each key of a raw-mode program) would never arrive.
+    /// </summary>
+    internal static Stream OpenStandardInput() =>
+        new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, bufferSize: 0);
 
     /// <summary>Whether this process has a standard input worth carrying: open, and not <c>/dev/null</c>.</summary>
     internal static bool HasStandardInput()
