@@ -6,7 +6,8 @@ namespace KvmSharp.Lab.Running;
 /// The command's standard input for a lab machine: a Unix socket in the run folder that QEMU
 /// connects to (a virtio serial port named <see cref="PortName"/> inside, which the run script
 /// makes the command's standard input), fed from a stream by a thread of its own. The end of the
-/// stream closes the connection: the machine's reads of the port then return end of file.
+/// stream half-closes the connection: the machine's reads of the port then return what was buffered,
+/// then end of file.
 /// </summary>
 internal sealed class InputRelay : IDisposable
 {

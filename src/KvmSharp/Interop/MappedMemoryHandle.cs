@@ -48,8 +48,8 @@ internal sealed unsafe class MappedMemoryHandle : SafeBuffer
             error = (int)p;
             return null;
         }
+        // The first address at or above p that is congruent to phase (p is far above any phase).
         ulong start = ((((ulong)p - phase) + alignment - 1) & ~(alignment - 1)) + phase;
-        if (start < (ulong)p) start += alignment;
         ulong head = start - (ulong)p, tail = padded - head - length;
         // Unmapping part of a fresh private mapping fails only with ENOMEM (the split needs a new VMA
         // and the process is at its map count): then all of it goes back.
