@@ -21,6 +21,12 @@ public sealed partial class VirtualMachine
     /// snapshot the baseline that tracking measures from (the baseline's own record: what
     /// <see cref="DirtyPageTracker.Harvest"/> reports is unaffected).
     /// </summary>
+    /// <remarks>
+    /// Devices that run in this process (on an <see cref="Devices.IoBus"/>) are not KVM's and are not in
+    /// the snapshot: capture theirs while the vCPUs are still stopped (<see cref="Devices.Uart16550.CaptureState"/>)
+    /// and restore it after <see cref="Restore"/>. A guest restored without its devices' state may wait
+    /// forever on one that moved on, e.g. a UART whose receive interrupt its driver had disabled since.
+    /// </remarks>
     /// <exception cref="InvalidOperationException">A vCPU is running, or owned by another live thread between its runs: pause it, or release it there (<see cref="Vcpu.ReleaseOwnership"/>), first. Nothing is changed.</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
     public VmSnapshot CreateSnapshot()
@@ -69,6 +75,8 @@ public sealed partial class VirtualMachine
     /// pages written since the snapshot, so harvesting in between takes nothing from it. The pages
     /// restored count as host writes for the next <see cref="DirtyPageTracker.Harvest"/> (all pages
     /// when all memory was copied).
+    /// Devices in this process are the caller's to restore, after this call, so that the interrupt lines
+    /// they drive again reach the restored interrupt controller (see <see cref="CreateSnapshot"/>).
     /// </remarks>
     /// <exception cref="ArgumentException">The snapshot is of another architecture, or its slots, vCPUs or
     /// in-kernel devices (irqchip, PIT) do not match this VM's (named). Nothing is changed.</exception>

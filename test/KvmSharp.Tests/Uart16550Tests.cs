@@ -56,6 +56,50 @@ public class Uart16550Tests : KvmTestBase
         Assert.That((In(5) & 1, In(0), In(5) & 1), Is.EqualTo((1, (byte)'L', 0)), "looped back into the receiver");
     }
 
+    [Test]
+    public void CapturedState_PutsRegistersAndFifoBack_AndDrivesTheLineAgain()
+    {
+        var levels = new List<bool>();
+        using var uart = new Uart16550(level => { lock (levels) levels.Add(level); });
+        byte In(int reg) { Span<byte> b = stackalloc byte[1]; uart.Read(default, (ulong)reg, b); return b[0]; }
+        void Out(int reg, byte v) => uart.Write(default, (ulong)reg, [v]);
+        bool[] Levels() { lock (levels) return [.. levels]; }
+
+        Out(3, 0x80); Out(0, 0x03); Out(1, 0x00); Out(3, 0x03); // divisor 3, 8N1
+        Out(2, 0xC7); Out(7, 0x42);
+        Out(1, 0x01);                                           // received-data interrupt
+        uart.Input.WriteAsync("ab"u8.ToArray()).AsTask().Wait(TimeSpan.FromSeconds(30));
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!Levels().Contains(true) && DateTime.UtcNow < deadline) Thread.Sleep(10);
+        Assert.That(In(5) & 1, Is.EqualTo(1), "data ready");
+        byte[] state = uart.CaptureState();
+
+        // The guest moves on: reads a byte, masks the interrupts, changes the divisor and the scratch register.
+        Assert.That(In(0), Is.EqualTo((byte)'a'));
+        Out(1, 0x00); Out(7, 0x00); Out(3, 0x80); Out(0, 0x99); Out(3, 0x03);
+        Assert.That(Levels().Last(), Is.False, "interrupts masked: the line is low");
+
+        lock (levels) levels.Clear();
+        uart.RestoreState(state);
+        Assert.That(Levels(), Is.EqualTo(new[] { false, true }), "lowered, then raised: an edge for the received-data interrupt pending again");
+        Assert.That((In(1), In(7), In(2) & 0x0F), Is.EqualTo(((byte)0x01, (byte)0x42, 0x04)), "IER, scratch; IIR: received data");
+        Out(3, 0x80);
+        Assert.That(In(0), Is.EqualTo(3), "the divisor latch");
+        Out(3, 0x03);
+        Assert.That((In(0), In(0), In(5) & 1), Is.EqualTo(((byte)'a', (byte)'b', 0)), "the FIFO as captured");
+        Assert.That(Levels().Last(), Is.False, "emptied: the line is low again");
+
+        var bad = (byte[])state.Clone();
+        bad[0] = 9;
+        Assert.That(() => uart.RestoreState(bad), Throws.ArgumentException.With.Message.Contains("Not a Uart16550 state of version 1").And.Message.Contains("version byte 9"));
+        Assert.That(() => uart.RestoreState(state.AsSpan(0, state.Length - 1)), Throws.ArgumentException.With.Message.Contains($"{state.Length - 1} bytes"));
+        Assert.That(In(7), Is.EqualTo(0x42), "a refused state changes nothing");
+
+        uart.Dispose();
+        Assert.That(() => uart.CaptureState(), Throws.InstanceOf<ObjectDisposedException>());
+        Assert.That(() => uart.RestoreState(state), Throws.InstanceOf<ObjectDisposedException>());
+    }
+
     /// <summary>Programs COM1 (8N1, FIFOs, RX interrupt), unmasks IRQ4 and idles; the IRQ4 handler echoes what it receives.</summary>
     private TestGuest EchoGuest()
     {

@@ -200,6 +200,78 @@ public sealed class Uart16550 : IIoDevice, IDisposable
         UpdateIrq();
     }
 
+    private const byte StateVersion = 1;
+    private const int StateHeaderSize = 11;
+
+    /// <summary>
+    /// The UART's state as bytes: its registers (interrupt enable, line and modem control, divisor
+    /// latch, scratch), its pending line-status errors and transmitter interrupt, and the bytes in its
+    /// receive FIFO that the guest has not read. Take it with the guest stopped, beside a
+    /// <see cref="VirtualMachine.CreateSnapshot"/> (which holds KVM's state only, not that of devices in
+    /// this process), and give it to <see cref="RestoreState"/> after <see cref="VirtualMachine.Restore"/>.
+    /// </summary>
+    /// <remarks>Neither <see cref="Input"/> nor <see cref="Output"/> is part of it: bytes still waiting
+    /// in <see cref="Input"/> stay there, and what the guest transmitted stays transmitted.</remarks>
+    /// <exception cref="ObjectDisposedException">The UART is disposed.</exception>
+    public byte[] CaptureState()
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var state = new byte[StateHeaderSize + _receive.Count];
+            state[0] = StateVersion;
+            state[1] = _ier;
+            state[2] = _lcr;
+            state[3] = _mcr;
+            state[4] = _scratch;
+            state[5] = _dll;
+            state[6] = _dlm;
+            state[7] = _lsrErrors;
+            state[8] = (byte)((_fifoEnabled ? 1 : 0) | (_thrInterrupt ? 2 : 0));
+            state[9] = 0;
+            state[10] = (byte)_receive.Count;
+            _receive.CopyTo(state, StateHeaderSize);
+            return state;
+        }
+    }
+
+    /// <summary>
+    /// Puts the UART back into a state from <see cref="CaptureState"/>: its registers and its receive
+    /// FIFO are replaced, then its interrupt line is driven to the level that state implies — lowered,
+    /// and raised again if an enabled interrupt is pending, so that an edge-triggered input (the ISA
+    /// IRQs of the PIC and IOAPIC) sees a fresh edge. Call it after <see cref="VirtualMachine.Restore"/>,
+    /// so the line reaches the restored interrupt controller: a guest's driver restored to a moment
+    /// when it had enabled receive interrupts then gets them, whatever the UART did since.
+    /// </summary>
+    /// <param name="state">Bytes from <see cref="CaptureState"/>.</param>
+    /// <exception cref="ArgumentException"><paramref name="state"/> is not a UART state of this version
+    /// (wrong version byte or length); the UART is unchanged.</exception>
+    /// <exception cref="ObjectDisposedException">The UART is disposed.</exception>
+    public void RestoreState(ReadOnlySpan<byte> state)
+    {
+        if (state.Length < StateHeaderSize || state[0] != StateVersion || state[10] > FifoSize || state.Length != StateHeaderSize + state[10])
+            throw new ArgumentException($"Not a Uart16550 state of version {StateVersion}: {state.Length} bytes" + (state.Length > 0 ? $", version byte {state[0]}." : "."), nameof(state));
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _ier = state[1];
+            _lcr = state[2];
+            _mcr = state[3];
+            _scratch = state[4];
+            _dll = state[5];
+            _dlm = state[6];
+            _lsrErrors = state[7];
+            _fifoEnabled = (state[8] & 1) != 0;
+            _thrInterrupt = (state[8] & 2) != 0;
+            _receive.Clear();
+            foreach (byte b in state[StateHeaderSize..]) _receive.Enqueue(b);
+            if (_receive.Count < FifoSize) _room.TrySetResult();
+            _irqLevel = false;
+            _setIrq(false);
+            UpdateIrq();
+        }
+    }
+
     /// <summary>Moves <see cref="Input"/> into the receive FIFO as it has room.</summary>
     private async Task PumpInputAsync()
     {

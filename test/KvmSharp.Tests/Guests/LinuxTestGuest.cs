@@ -10,7 +10,9 @@ namespace KvmSharp.Tests.Guests;
 /// Debian's stock x86_64 kernel (the lab's, from its cache) booted with <see cref="X86LinuxBoot"/>
 /// on one vCPU with the in-kernel irqchip and PIT, a 16550 UART on COM1 (IRQ 4) as its console, the
 /// reset device, and a busybox initramfs whose init prints <see cref="InitMarker"/> and then runs each
-/// line it reads from the console, framing the output as <c>&lt;&lt;&lt;</c> … <c>&gt;&gt;&gt; status</c>;
+/// line it reads from the console, framing the output as <c>&lt;&lt;&lt;</c> … <c>&gt;&gt;&gt; status</c>
+/// (from init on, only kernel messages of error level or worse reach the console, so that a warning
+/// printed meanwhile does not land in a command's output);
 /// at the end of its input it reboots (<c>reboot=k</c>: the run ends with <see cref="RunStopReason.GuestReset"/>).
 /// </summary>
 internal sealed class LinuxTestGuest : IDisposable
@@ -32,6 +34,7 @@ internal sealed class LinuxTestGuest : IDisposable
         mount -t proc proc /proc
         mount -t sysfs sysfs /sys
         mount -t devtmpfs devtmpfs /dev
+        dmesg -n 4
         stty -echo
         echo "KVMSHARP-INIT-OK $(uname -r)"
         while read -r line; do
@@ -219,11 +222,26 @@ internal sealed class LinuxTestGuest : IDisposable
                     var ev = x.Events;
                     report.Append($"vCPU {cpu.Id}: RIP {x.Rip:X16} RSP {x.Rsp:X16} RFLAGS {x.Rflags:X} CR0 {s.Cr0:X} CR3 {s.Cr3:X} CR4 {s.Cr4:X} EFER {s.Efer:X} CS {s.Cs.Selector:X} "
                         + $"MP {x.MpState} exc {ev.ExceptionInjected}/{ev.ExceptionPending}/{ev.ExceptionNr} irq {ev.InterruptInjected}/{ev.InterruptNr} shadow {ev.InterruptShadow} nmi {ev.NmiPending}/{ev.NmiMasked}\n");
+                    // Where an interrupt could be stuck: the local APIC's requested and in-service
+                    // vectors and its timer (a TSC deadline against the TSC).
+                    var apic = cpu.GetLapic();
+                    string Vectors(Func<int, bool> set) => string.Join(",", Enumerable.Range(16, 240).Where(set).Select(v => v.ToString("X2")));
+                    report.Append($"  LAPIC: IRR [{Vectors(apic.IsRequested)}] ISR [{Vectors(apic.IsInService)}] TPR {apic.TaskPriority:X} LVT timer {apic.LvtTimer:X} "
+                        + $"TMICT {apic.TimerInitialCount:X} TMCCT {apic.TimerCurrentCount:X} TSC deadline {cpu.ReadMsrDirect(0x6E0):X} TSC {cpu.ReadMsrDirect(0x10):X}\n");
                 }
                 catch (Exception e) when (e is KvmException or InvalidOperationException)
                 {
                     report.Append($"vCPU {cpu.Id}: {e.Message}\n");
                 }
+            }
+            try
+            {
+                var ioApic = Vm.GetIoApic();
+                report.Append($"IOAPIC pin 4: {ioApic[4]} (IRR {ioApic.Irr:X}); UART state {Convert.ToHexString(Uart.CaptureState())}\n");
+            }
+            catch (Exception e) when (e is KvmException or InvalidOperationException or ObjectDisposedException)
+            {
+                report.Append($"IOAPIC/UART: {e.Message}\n");
             }
             VcpuThread.ResumeAll(Threads);
         }
