@@ -57,10 +57,10 @@ public sealed partial class VirtualMachine
     /// <summary>
     /// Loads a state from <see cref="CaptureDeviceState"/>, in this order: the KVM clock (the VM's
     /// time base); the PIC master, the PIC slave and the IOAPIC; the PIT, after the chips its ticks
-    /// go to; then per vCPU, its APIC base MSR, its local APIC page (which KVM reads in the mode that
-    /// MSR sets), and its TSC-deadline MSR (which KVM ignores unless the restored timer is in
-    /// TSC-deadline mode). QEMU does the same: its APIC device writes the base before KVM_SET_LAPIC,
-    /// and the TSC deadline after it.
+    /// go to; then per vCPU, its APIC base MSR and its local APIC page (which KVM reads in the mode that
+    /// MSR sets). The TSC deadlines are not written here but by <see cref="RestoreTscDeadlines"/>,
+    /// after the registers. QEMU does the same: its APIC device writes the base before KVM_SET_LAPIC,
+    /// and the TSC deadline after the registers.
     /// </summary>
     /// <remarks>
     /// <para>Call it before restoring the vCPUs' registers (<see cref="KvmSharp.Registers.IRegisterSync.RestoreState"/>):
@@ -99,8 +99,33 @@ public sealed partial class VirtualMachine
                 vcpu.Registers.Invalidate();
                 vcpu.WriteMsrDirect(X86DeviceState.MsrApicBase, lapic.ApicBase);
                 vcpu.SetLapicState(lapic.Registers);
-                if (lapic.TscDeadline is { } deadline) vcpu.WriteMsrDirect(X86DeviceState.MsrTscDeadline, deadline);
             }
+        }
+    }
+
+    /// <summary>
+    /// Writes each vCPU's TSC-deadline MSR from <paramref name="state"/> (those KVM listed at capture),
+    /// the last step of restoring devices: after <see cref="RestoreDeviceState"/>, whose KVM_SET_LAPIC
+    /// puts the timer back in TSC-deadline mode (before that KVM ignores the MSR), and after the
+    /// vCPUs' registers, whose TSC the deadline is compared with. KVM arms the timer for the deadline
+    /// minus the TSC at the write: written against a TSC far behind the snapshot's (a new VM loading a
+    /// saved snapshot), the timer would fire hours late; far ahead, at once.
+    /// </summary>
+    /// <exception cref="ArgumentException">The state does not fit this VM (see <see cref="RestoreDeviceState"/>).</exception>
+    /// <exception cref="PlatformNotSupportedException">The VM is not x86_64.</exception>
+    /// <exception cref="InvalidOperationException">Another thread owns a vCPU (checked before anything is written).</exception>
+    /// <exception cref="KvmException">An ioctl failed.</exception>
+    internal void RestoreTscDeadlines(X86DeviceState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        Kvm.RequireArch(KvmArchitecture.X86_64, nameof(RestoreTscDeadlines));
+        lock (_lock)
+        {
+            var vcpus = MatchDeviceState(state);
+            foreach (var (vcpu, _) in vcpus) vcpu.CheckAccess();
+            // IA32_TSC_DEADLINE is in none of the register cache's sets: no write-back needed first.
+            foreach (var (vcpu, lapic) in vcpus)
+                if (lapic.TscDeadline is { } deadline) vcpu.WriteMsrDirect(X86DeviceState.MsrTscDeadline, deadline);
         }
     }
 

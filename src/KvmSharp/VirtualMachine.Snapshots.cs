@@ -63,7 +63,7 @@ public sealed partial class VirtualMachine
     /// <summary>
     /// Puts the VM back into the state of <paramref name="snapshot"/>: the in-kernel devices if it has
     /// them (clock, PICs, IOAPIC, PIT, local APICs — before the registers, as KVM needs), every vCPU's
-    /// registers at level Full, then memory. When the VM's memory last matched this snapshot (it was created here,
+    /// registers at level Full, the local APICs' TSC deadlines (after the TSC they count against), then memory. When the VM's memory last matched this snapshot (it was created here,
     /// or restored last), only the pages written since — by the guest, or through the slot write
     /// methods — are copied back, so the cost follows the dirty pages, not the RAM size. Otherwise all
     /// memory is copied once (memory the snapshot holds no bytes for, because it was all zeros, is
@@ -121,6 +121,9 @@ public sealed partial class VirtualMachine
         // are then among the dirty pages copied back below.
         foreach (var (vcpu, state) in vcpus)
             vcpu.Registers.RestoreState(state);
+        // TSC deadlines last: KVM arms each against the vCPU's TSC, which the registers just restored.
+        if (snapshot.Devices is { } restored)
+            RestoreTscDeadlines(restored);
         // The baseline's own record of written pages: the user's Harvest takes nothing from it.
         using (var dirty = tracker.HarvestBaseline())
         {

@@ -32,6 +32,7 @@ internal sealed record X86DeviceState(
     /// <param name="Registers"><c>struct kvm_lapic_state</c> (1024 bytes) from KVM_GET_LAPIC.</param>
     /// <param name="TscDeadline">IA32_TSC_DEADLINE, or null when KVM does not list it. Restored after the
     /// page: KVM ignores the MSR unless the timer is in TSC-deadline mode, and zeroes it when KVM_SET_LAPIC
-    /// switches the timer into that mode.</param>
+    /// switches the timer into that mode; and after the registers, because KVM arms the timer against
+    /// the vCPU's TSC at the write (<see cref="VirtualMachine.RestoreTscDeadlines"/>).</param>
     internal sealed record Lapic(int VcpuId, ulong ApicBase, byte[] Registers, ulong? TscDeadline);
 }

@@ -1,3 +1,4 @@
+using Iced.Intel;
 using KvmSharp.Interop;
 using KvmSharp.Interop.X86;
 using KvmSharp.Registers;
@@ -40,6 +41,7 @@ public class InterruptStateTests : KvmTestBase
         saved.Ram.CopyTo(g.Ram.GetSpan(0, (int)TestGuest.RamSize));
         g.Vm.RestoreDeviceState(saved.Devices);
         g.Cpu.Registers.RestoreState(saved.Registers);
+        g.Vm.RestoreTscDeadlines(saved.Devices);
     }
 
     [TestCase(Breakage.MaskPic)]
@@ -116,23 +118,9 @@ public class InterruptStateTests : KvmTestBase
         const uint ApicBase = X86DeviceState.MsrApicBase, TscDeadline = X86DeviceState.MsrTscDeadline, X2ApicLvtTimer = 0x832;
         using var g = Create(Kvm, pit: false, a =>
         {
-            a.mov(ecx, ApicBase);
-            a.rdmsr();
-            a.or(eax, 0xC00); // enabled, x2APIC mode
-            a.wrmsr();
-            a.mov(ecx, X2ApicLvtTimer);
-            a.mov(eax, 0x50040); // TSC-deadline mode, masked, vector 0x40
-            a.xor(edx, edx);
-            a.wrmsr();
-            a.rdtsc();
-            a.shl(rdx, 32);
-            a.or(rax, rdx);
-            a.mov(rdx, 1L << 40); // minutes ahead: it never expires during the test
-            a.add(rax, rdx);
-            a.mov(rdx, rax);
-            a.shr(rdx, 32);
-            a.mov(ecx, TscDeadline);
-            a.wrmsr();
+            EnableX2Apic(a);
+            WriteMsr(a, X2ApicLvtTimer, 0x50040); // TSC-deadline mode, masked, vector 0x40
+            ArmTscDeadline(a, 1L << 40); // minutes ahead: it never expires during the test
             Out(a, ReadyPort, 1);
             a.mov(ecx, X2ApicLvtTimer);
             a.mov(eax, 0x10040); // one-shot mode: KVM drops the deadline
@@ -165,8 +153,45 @@ public class InterruptStateTests : KvmTestBase
         Assert.That(g.Cpu.ReadMsrDirect(ApicBase), Is.EqualTo(lapic.ApicBase), "APIC base restored");
         Assert.That(g.Cpu.X86.ApicBase, Is.EqualTo(lapic.ApicBase), "the register cache fetches it anew");
         Assert.That(BitConverter.ToUInt32(g.Cpu.GetLapicState(), 0x320) >> 17 & 3, Is.EqualTo(2u), "LVT timer back in TSC-deadline mode");
+        Assert.That(g.Cpu.ReadMsrDirect(TscDeadline), Is.Zero, "the deadline waits for the registers (the TSC)");
+        g.Vm.RestoreTscDeadlines(saved);
         Assert.That(g.Cpu.ReadMsrDirect(TscDeadline), Is.EqualTo(lapic.TscDeadline),
             "the deadline survives: written after KVM_SET_LAPIC (before it, KVM would ignore it in one-shot mode, then zero it on entering deadline mode)");
+    }
+
+    [Test]
+    public void Restore_ArmsTheTscDeadline_AgainstTheRestoredTsc()
+    {
+        const uint X2ApicSvr = 0x80F, X2ApicLvtTimer = 0x832, X2ApicEoi = 0x80B;
+        const byte Vector = 0x40;
+        Label handler = default;
+        using var g = Create(Kvm, pit: false, a =>
+        {
+            EnableX2Apic(a);
+            WriteMsr(a, X2ApicSvr, 0x1FF);                 // software-enabled
+            WriteMsr(a, X2ApicLvtTimer, 0x40000 | Vector); // TSC-deadline mode, unmasked
+            ArmTscDeadline(a, 100_000_000); // tens of milliseconds ahead
+            Out(a, ReadyPort, 1);
+            IdleWithInterrupts(a);
+            handler = TestGuest.Here(a);
+            Out(a, TickPort, 1);
+            WriteMsr(a, X2ApicEoi, 0);
+            a.iretq();
+        });
+        InstallGate(g, Vector, handler);
+        g.Cpu.SetCpuid(Kvm.GetSupportedCpuid().Select(e => e.Function == 1 ? e with { Ecx = e.Ecx | 1u << 24 } : e).ToArray());
+        g.Cpu.X86.Tsc = 1UL << 44;       // hours of cycles: far ahead of the TSC a new vCPU starts at
+
+        Assert.That(NextOut(g).Port, Is.EqualTo(ReadyPort));
+        var snapshot = g.Vm.CreateSnapshot(); // the deadline armed, tens of milliseconds ahead
+        Assert.That(NextOut(g), Is.EqualTo((TickPort, (uint)1)), "the deadline passes: the timer interrupt");
+
+        // As in a new VM loading a saved snapshot: the TSC is far behind the snapshot's when the restore begins.
+        g.Cpu.X86.Tsc = 1;
+        g.Vm.Restore(snapshot);
+        Assert.That(g.Cpu.X86.Tsc, Is.GreaterThan(1UL << 44), "the TSC restored");
+        Assert.That(NextOut(g), Is.EqualTo((TickPort, (uint)1)),
+            "the restored deadline fires tens of milliseconds of TSC after the restored TSC (armed against the old TSC, it would be hours away)");
     }
 
     [Test]

@@ -111,14 +111,8 @@ internal static class InterruptGuest
         Label a0 = default, b0 = default;
         var g = Create(kvm, pit: false, a =>
         {
-            a.mov(ecx, MsrApicBase);
-            a.rdmsr();
-            a.or(eax, 0xC00);          // APIC enabled, x2APIC mode
-            a.wrmsr();
-            a.mov(ecx, MsrX2ApicSvr);
-            a.mov(eax, 0x1FF);         // software-enabled, spurious vector 0xFF
-            a.xor(edx, edx);
-            a.wrmsr();
+            EnableX2Apic(a);
+            WriteMsr(a, MsrX2ApicSvr, 0x1FF); // software-enabled, spurious vector 0xFF
             a.xor(ebx, ebx);
             a.xor(esi, esi);
             Out(a, ReadyPort, 1);
@@ -130,6 +124,38 @@ internal static class InterruptGuest
         InstallGate(g, ApicVectorB, b0);
         Assert.That(NextOut(g).Port, Is.EqualTo(ReadyPort));
         return g;
+    }
+
+    /// <summary>Turns the local APIC on in x2APIC mode (IA32_APIC_BASE bits 10 and 11).</summary>
+    public static void EnableX2Apic(Assembler a)
+    {
+        a.mov(ecx, MsrApicBase);
+        a.rdmsr();
+        a.or(eax, 0xC00);
+        a.wrmsr();
+    }
+
+    /// <summary>Arms the TSC-deadline timer <paramref name="cycles"/> TSC cycles from now (IA32_TSC_DEADLINE = RDTSC + cycles).</summary>
+    public static void ArmTscDeadline(Assembler a, long cycles)
+    {
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rax, rdx);
+        a.mov(rdx, cycles);
+        a.add(rax, rdx);
+        a.mov(rdx, rax);
+        a.shr(rdx, 32);
+        a.mov(ecx, 0x6E0);
+        a.wrmsr();
+    }
+
+    /// <summary>WRMSR of a 32-bit value (EDX = 0).</summary>
+    public static void WriteMsr(Assembler a, uint msr, uint value)
+    {
+        a.mov(ecx, msr);
+        a.mov(eax, value);
+        a.xor(edx, edx);
+        a.wrmsr();
     }
 
     /// <summary>Counts in <paramref name="counter"/>, writes the count to <paramref name="port"/>, EOI through the x2APIC EOI MSR.</summary>
