@@ -1,6 +1,7 @@
 using KvmSharp.Devices;
 using KvmSharp.Guests;
 using KvmSharp.Tests.Guests;
+using KvmSharp.Snapshots;
 
 namespace KvmSharp.Tests;
 
@@ -94,6 +95,34 @@ public class LinuxBootTests : KvmTestBase
             var (output, status) = g.Run($"cat /marker 2>/dev/null || echo no marker; echo round {round}");
             Assert.That((output, status), Is.EqualTo(($"no marker\nround {round}\n", 0)), $"restore {round}: the shell answers, in the state of the snapshot");
         }
+    }
+
+    [Test]
+    public void ASavedSnapshot_LoadedIntoAFreshVm_GivesTheSameShellThere()
+    {
+        byte[] saved, uart;
+        using (var original = LinuxTestGuest.Boot(Kvm))
+        {
+            Assert.That(original.Run("echo cloned > /marker"), Is.EqualTo(("", 0)));
+            original.Thread.Pause();
+            using var stream = new MemoryStream();
+            original.Vm.CreateSnapshot().Save(stream);
+            saved = stream.ToArray();
+            uart = original.Uart.CaptureState();
+        }
+
+        // A new VM like it (its own boot, just begun, is overwritten), whose TSC and KVM clock are
+        // far behind the snapshot's: the restore brings memory, registers, devices, timers and clock.
+        using var clone = new LinuxTestGuest(Kvm);
+        clone.Thread.Pause();
+        var snapshot = VmSnapshot.Load(new MemoryStream(saved));
+        Assert.That(snapshot.HasDeviceState, Is.True);
+        clone.Vm.Restore(snapshot);
+        clone.Uart.RestoreState(uart);
+        clone.Thread.Resume();
+        Assert.That(clone.Run("cat /marker; uname -r"), Is.EqualTo(($"cloned\n{LinuxTestGuest.KernelRelease}\n", 0)),
+            "the original's files and shell, in another VM");
+        Assert.That(clone.Run("sleep 1; echo slept"), Is.EqualTo(("slept\n", 0)), "its timer works there");
     }
 
     [Test]
