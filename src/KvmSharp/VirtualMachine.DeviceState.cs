@@ -78,7 +78,8 @@ public sealed partial class VirtualMachine
     /// <exception cref="PlatformNotSupportedException">The VM is not x86_64.</exception>
     /// <exception cref="InvalidOperationException">Another thread owns a vCPU (checked before anything is written).</exception>
     /// <exception cref="KvmException">An ioctl failed.</exception>
-    internal void RestoreDeviceState(X86DeviceState state)
+    /// <returns>The vCPUs paired with their local APICs' states, for <see cref="WriteTscDeadlines"/>.</returns>
+    internal List<(Vcpu, X86DeviceState.Lapic)> RestoreDeviceState(X86DeviceState state)
     {
         ArgumentNullException.ThrowIfNull(state);
         Kvm.RequireArch(KvmArchitecture.X86_64, nameof(RestoreDeviceState));
@@ -100,6 +101,7 @@ public sealed partial class VirtualMachine
                 vcpu.WriteMsrDirect(X86DeviceState.MsrApicBase, lapic.ApicBase);
                 vcpu.SetLapicState(lapic.Registers);
             }
+            return vcpus;
         }
     }
 
@@ -123,10 +125,16 @@ public sealed partial class VirtualMachine
         {
             var vcpus = MatchDeviceState(state);
             foreach (var (vcpu, _) in vcpus) vcpu.CheckAccess();
-            // IA32_TSC_DEADLINE is in none of the register cache's sets: no write-back needed first.
-            foreach (var (vcpu, lapic) in vcpus)
-                if (lapic.TscDeadline is { } deadline) vcpu.WriteMsrDirect(X86DeviceState.MsrTscDeadline, deadline);
+            WriteTscDeadlines(vcpus);
         }
+    }
+
+    /// <summary><see cref="RestoreTscDeadlines"/> for vCPUs already matched and checked (by <see cref="RestoreDeviceState"/>).</summary>
+    private static void WriteTscDeadlines(List<(Vcpu, X86DeviceState.Lapic)> vcpus)
+    {
+        // IA32_TSC_DEADLINE is in none of the register cache's sets: no write-back needed first.
+        foreach (var (vcpu, lapic) in vcpus)
+            if (lapic.TscDeadline is { } deadline) vcpu.WriteMsrDirect(X86DeviceState.MsrTscDeadline, deadline);
     }
 
     private static uint ChipId(byte[] chip) => chip.Length >= 4 ? BitConverter.ToUInt32(chip, 0) : uint.MaxValue;

@@ -106,11 +106,12 @@ public sealed partial class VirtualMachine
         bool incremental = ReferenceEquals(_baseline, snapshot);
         var slots = incremental ? _baselineSlots! : MatchSlots(snapshot);
         var vcpus = incremental ? _baselineVcpus! : MatchVcpus(snapshot);
+        List<(Vcpu, X86DeviceState.Lapic)>? lapics = null;
         if (snapshot.Devices is { } devices)
         {
             // Devices before registers: KVM must get each vCPU's events and MP state after its local
             // APIC (QEMU's order). RestoreDeviceState checks the devices match before writing any.
-            RestoreDeviceState(devices);
+            lapics = RestoreDeviceState(devices);
         }
         else if (_irqChip)
         {
@@ -122,8 +123,8 @@ public sealed partial class VirtualMachine
         foreach (var (vcpu, state) in vcpus)
             vcpu.Registers.RestoreState(state);
         // TSC deadlines last: KVM arms each against the vCPU's TSC, which the registers just restored.
-        if (snapshot.Devices is { } restored)
-            RestoreTscDeadlines(restored);
+        if (lapics is not null)
+            WriteTscDeadlines(lapics);
         // The baseline's own record of written pages: the user's Harvest takes nothing from it.
         using (var dirty = tracker.HarvestBaseline())
         {

@@ -69,8 +69,7 @@ public class Uart16550Tests : KvmTestBase
         Out(2, 0xC7); Out(7, 0x42);
         Out(1, 0x01);                                           // received-data interrupt
         uart.Input.WriteAsync("ab"u8.ToArray()).AsTask().Wait(TimeSpan.FromSeconds(30));
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (!Levels().Contains(true) && DateTime.UtcNow < deadline) Thread.Sleep(10);
+        Wait.Until(() => Levels().Contains(true), "the input pump filled the FIFO and raised the line");
         Assert.That(In(5) & 1, Is.EqualTo(1), "data ready");
         byte[] state = uart.CaptureState();
 

@@ -145,7 +145,7 @@ internal static class InterruptGuest
         a.add(rax, rdx);
         a.mov(rdx, rax);
         a.shr(rdx, 32);
-        a.mov(ecx, 0x6E0);
+        a.mov(ecx, X86DeviceState.MsrTscDeadline);
         a.wrmsr();
     }
 

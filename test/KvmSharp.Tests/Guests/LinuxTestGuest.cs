@@ -227,7 +227,7 @@ internal sealed class LinuxTestGuest : IDisposable
                     var apic = cpu.GetLapic();
                     string Vectors(Func<int, bool> set) => string.Join(",", Enumerable.Range(16, 240).Where(set).Select(v => v.ToString("X2")));
                     report.Append($"  LAPIC: IRR [{Vectors(apic.IsRequested)}] ISR [{Vectors(apic.IsInService)}] TPR {apic.TaskPriority:X} LVT timer {apic.LvtTimer:X} "
-                        + $"TMICT {apic.TimerInitialCount:X} TMCCT {apic.TimerCurrentCount:X} TSC deadline {cpu.ReadMsrDirect(0x6E0):X} TSC {cpu.ReadMsrDirect(0x10):X}\n");
+                        + $"TMICT {apic.TimerInitialCount:X} TMCCT {apic.TimerCurrentCount:X} TSC deadline {cpu.ReadMsrDirect(X86DeviceState.MsrTscDeadline):X} TSC {cpu.ReadMsrDirect(KvmSharp.Registers.X86RegisterSync.MsrTsc):X}\n");
                 }
                 catch (Exception e) when (e is KvmException or InvalidOperationException)
                 {
